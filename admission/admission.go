@@ -1,0 +1,591 @@
+// Package admission turns evidence into node identity: a one-time token
+// into a certificate-granting certificate (CGC), and a current CGC into its
+// successor. It also keeps the node inventory and the rules that go with it:
+// one current CGC serial per node (plus the one being rotated to), revoked
+// nodes refused at once, tokens that die with their node.
+//
+// The identity in a CGC comes only from the token the keyserver issued, never
+// from anything the node sends; the node's CSR contributes its public key and
+// nothing else. Admission does not speak HTTP and does not audit: it returns
+// typed errors, and the keyserver decides what a client is told.
+package admission
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/keysystem/keysystem/authority"
+	"github.com/keysystem/keysystem/keyserver/store"
+	"github.com/keysystem/keysystem/tokens"
+)
+
+// Store is what admission needs of the keyserver's storage.
+type Store interface {
+	Get(ctx context.Context, key string) ([]byte, error)
+	List(ctx context.Context, prefix string) ([]store.KV, error)
+	Txn(ctx context.Context, conds []store.Cond, ops []store.Op) error
+}
+
+// Errors a caller must tell apart. Token problems are the tokens package's
+// errors (tokens.ErrExpired and so on), wrapped.
+var (
+	ErrInvalid        = errors.New("admission: invalid request")
+	ErrCSRInvalid     = errors.New("admission: invalid certificate request")
+	ErrKeyRejected    = errors.New("admission: key rejected")
+	ErrCertInvalid    = errors.New("admission: certificate not issued by the key-granting authority")
+	ErrCertExpired    = errors.New("admission: certificate expired or not yet valid")
+	ErrCertSuperseded = errors.New("admission: certificate superseded by a newer one")
+	ErrNodeRevoked    = errors.New("admission: node revoked")
+	ErrNotFound       = errors.New("admission: not found")
+)
+
+// NodeURIScheme is the scheme of the URI SAN that names a node in its CGC:
+// keysystem://node/<name>.
+const NodeURIScheme = "keysystem"
+
+// Defaults for Config.
+const (
+	DefaultCGCLifetime = 30 * 24 * time.Hour
+	DefaultGrace       = 10 * time.Minute
+	DefaultTokenTTL    = time.Hour
+	DefaultMaxTokenTTL = 7 * 24 * time.Hour
+)
+
+// Config wires a Service.
+type Config struct {
+	Store       Store
+	KeyGranting *authority.Authority // signs CGCs
+
+	CGCLifetime time.Duration // default DefaultCGCLifetime
+	Grace       time.Duration // crash-safe retry window after a token is redeemed; default DefaultGrace
+	TokenTTL    time.Duration // default lifetime of a new token; default DefaultTokenTTL
+	MaxTokenTTL time.Duration // longest lifetime a token may be given; default DefaultMaxTokenTTL
+
+	Now  func() time.Time // default time.Now
+	Rand io.Reader        // token secrets; default crypto/rand
+}
+
+// Service implements admission over a Store.
+type Service struct {
+	cfg Config
+}
+
+// New checks cfg, fills its defaults and returns a Service.
+func New(cfg Config) (*Service, error) {
+	if cfg.Store == nil || cfg.KeyGranting == nil {
+		return nil, errors.New("admission: a store and a key-granting authority are required")
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&cfg.CGCLifetime, DefaultCGCLifetime)
+	def(&cfg.Grace, DefaultGrace)
+	def(&cfg.TokenTTL, DefaultTokenTTL)
+	def(&cfg.MaxTokenTTL, DefaultMaxTokenTTL)
+	if cfg.CGCLifetime < time.Minute || cfg.Grace < 0 || cfg.TokenTTL > cfg.MaxTokenTTL {
+		return nil, fmt.Errorf("admission: bad lifetimes (CGC %v, grace %v, token %v, max token %v)", cfg.CGCLifetime, cfg.Grace, cfg.TokenTTL, cfg.MaxTokenTTL)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	return &Service{cfg: cfg}, nil
+}
+
+// Node is what the keyserver keeps about an admitted node.
+type Node struct {
+	Name         string    `json:"name"`
+	IPs          []string  `json:"ips,omitempty"`
+	TokenID      string    `json:"token_id"`
+	AdmittedAt   time.Time `json:"admitted_at"`
+	Serial       string    `json:"serial"` // the current CGC
+	NotAfter     time.Time `json:"not_after"`
+	Next         string    `json:"next,omitempty"` // the CGC being rotated to, until the node first uses it
+	NextNotAfter time.Time `json:"next_not_after,omitzero"`
+	Renewals     int       `json:"renewals"`
+	RenewedAt    time.Time `json:"renewed_at,omitzero"`
+	Revoked      bool      `json:"revoked,omitempty"`
+	RevokedAt    time.Time `json:"revoked_at,omitzero"`
+}
+
+// Issued is a CGC handed to a node.
+type Issued struct {
+	Node   string
+	Cert   *x509.Certificate
+	Chain  []*x509.Certificate
+	Replay bool // the same certificate again, for a retry after a lost answer
+}
+
+const (
+	tokenPrefix = "tokens/"
+	nodePrefix  = "nodes/"
+)
+
+// TokenSpec says what token to issue.
+type TokenSpec struct {
+	Node    string
+	TTL     time.Duration // 0: the configured default
+	IPs     []string      // source addresses the token may be redeemed from
+	Creator string
+}
+
+// IssueToken mints a token for spec.Node and stores its record. The token's
+// secret is in the returned Token only; the store keeps its hash.
+func (s *Service) IssueToken(ctx context.Context, spec TokenSpec) (tokens.Token, tokens.Record, error) {
+	if err := tokens.ValidNodeName(spec.Node); err != nil {
+		return tokens.Token{}, tokens.Record{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	ttl := spec.TTL
+	if ttl == 0 {
+		ttl = s.cfg.TokenTTL
+	}
+	if ttl < 0 || ttl > s.cfg.MaxTokenTTL {
+		return tokens.Token{}, tokens.Record{}, fmt.Errorf("%w: token lifetime %v is outside (0, %v]", ErrInvalid, ttl, s.cfg.MaxTokenTTL)
+	}
+	ips := make([]string, 0, len(spec.IPs))
+	for _, ip := range spec.IPs {
+		a, err := netip.ParseAddr(strings.TrimSpace(ip))
+		if err != nil {
+			return tokens.Token{}, tokens.Record{}, fmt.Errorf("%w: address %q: %w", ErrInvalid, ip, err)
+		}
+		ips = append(ips, a.Unmap().String())
+	}
+	tok, err := tokens.New(s.cfg.Rand)
+	if err != nil {
+		return tokens.Token{}, tokens.Record{}, fmt.Errorf("admission: %w", err)
+	}
+	now := s.cfg.Now()
+	rec := tokens.Record{
+		ID:      tok.ID,
+		Hash:    tok.Hash(),
+		Node:    spec.Node,
+		IPs:     ips,
+		Creator: spec.Creator,
+		Created: now,
+		Expires: now.Add(ttl),
+		State:   tokens.StatePending,
+	}
+	raw, err := json.Marshal(rec)
+	if err != nil {
+		return tokens.Token{}, tokens.Record{}, fmt.Errorf("admission: %w", err)
+	}
+	err = s.cfg.Store.Txn(ctx, []store.Cond{{Key: tokenPrefix + tok.ID, Absent: true}}, []store.Op{{Key: tokenPrefix + tok.ID, Value: raw}})
+	if err != nil {
+		return tokens.Token{}, tokens.Record{}, fmt.Errorf("admission: store token: %w", err)
+	}
+	return tok, rec.Redacted(), nil
+}
+
+// ListTokens returns every stored token record, without secrets' hashes.
+func (s *Service) ListTokens(ctx context.Context) ([]tokens.Record, error) {
+	kvs, err := s.cfg.Store.List(ctx, tokenPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("admission: list tokens: %w", err)
+	}
+	out := make([]tokens.Record, 0, len(kvs))
+	for _, kv := range kvs {
+		var r tokens.Record
+		if err := json.Unmarshal(kv.Value, &r); err != nil {
+			return nil, fmt.Errorf("admission: token %s: %w", kv.Key, err)
+		}
+		out = append(out, r.Redacted())
+	}
+	return out, nil
+}
+
+// RevokeToken revokes a pending token; it returns ErrNotFound for an unknown
+// id, and ErrInvalid for a token already redeemed.
+func (s *Service) RevokeToken(ctx context.Context, id string) (tokens.Record, error) {
+	var out tokens.Record
+	err := s.update(ctx, tokenPrefix+id, func(raw []byte) ([]byte, error) {
+		if raw == nil {
+			return nil, fmt.Errorf("%w: token %s", ErrNotFound, id)
+		}
+		var r tokens.Record
+		if err := json.Unmarshal(raw, &r); err != nil {
+			return nil, err
+		}
+		switch r.State {
+		case tokens.StateRedeemed:
+			return nil, fmt.Errorf("%w: token %s was already redeemed; revoke the node instead", ErrInvalid, id)
+		case tokens.StateRevoked:
+			out = r.Redacted()
+			return nil, nil
+		}
+		r.State, r.RevokedAt = tokens.StateRevoked, s.cfg.Now()
+		out = r.Redacted()
+		return json.Marshal(r)
+	})
+	return out, err
+}
+
+// update is a read-modify-write of one key with optimistic concurrency:
+// fn sees the current value (nil when absent) and returns the new one, or
+// nil to leave it as it is.
+func (s *Service) update(ctx context.Context, key string, fn func(raw []byte) ([]byte, error)) error {
+	for {
+		raw, err := s.cfg.Store.Get(ctx, key)
+		cond := store.Cond{Key: key, Value: raw}
+		if errors.Is(err, store.ErrNotFound) {
+			raw, cond = nil, store.Cond{Key: key, Absent: true}
+		} else if err != nil {
+			return fmt.Errorf("admission: %w", err)
+		}
+		next, err := fn(raw)
+		if err != nil || next == nil {
+			return err
+		}
+		err = s.cfg.Store.Txn(ctx, []store.Cond{cond}, []store.Op{{Key: key, Value: next}})
+		if !errors.Is(err, store.ErrConflict) {
+			if err != nil {
+				return fmt.Errorf("admission: %w", err)
+			}
+			return nil
+		}
+	}
+}
+
+// AdmitRequest is a node's attempt to redeem a token.
+type AdmitRequest struct {
+	Token  string     // text form of the token
+	Node   string     // the name the node claims; "" to take the token's
+	CSR    []byte     // PEM or DER certificate request
+	Source netip.Addr // the client's address, checked when the token is bound to addresses
+}
+
+// Admit redeems a token for a CGC. Of concurrent redemptions of one token
+// exactly one wins; a retry of the winner with the same key within the grace
+// window gets the same certificate again (Issued.Replay), so a node whose
+// connection dropped after the token was spent is not locked out.
+func (s *Service) Admit(ctx context.Context, req AdmitRequest) (*Issued, error) {
+	tok, err := tokens.Parse(req.Token)
+	if err != nil {
+		return nil, fmt.Errorf("admission: %w", err)
+	}
+	csr, err := ParseCSR(req.CSR)
+	if err != nil {
+		return nil, err
+	}
+	keyHash := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
+	key := tokenPrefix + tok.ID
+	for {
+		raw, err := s.cfg.Store.Get(ctx, key)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("admission: token %s: %w", tok.ID, tokens.ErrUnknown)
+		} else if err != nil {
+			return nil, fmt.Errorf("admission: %w", err)
+		}
+		var rec tokens.Record
+		if err := json.Unmarshal(raw, &rec); err != nil {
+			return nil, fmt.Errorf("admission: token %s: %w", tok.ID, err)
+		}
+		attempt := tokens.Attempt{Token: tok, Node: req.Node, Source: req.Source.Unmap(), KeyHash: keyHash[:], Now: s.cfg.Now(), Grace: s.cfg.Grace}
+		outcome, err := rec.Check(attempt)
+		if err != nil {
+			return nil, fmt.Errorf("admission: token %s for node %s: %w", tok.ID, rec.Node, err)
+		}
+		if outcome == tokens.Replay {
+			cert, err := x509.ParseCertificate(rec.Cert)
+			if err != nil {
+				return nil, fmt.Errorf("admission: token %s: stored certificate: %w", tok.ID, err)
+			}
+			return &Issued{Node: rec.Node, Cert: cert, Chain: s.cfg.KeyGranting.Chain(), Replay: true}, nil
+		}
+
+		cert, err := s.signCGC(rec.Node, csr)
+		if err != nil {
+			return nil, err
+		}
+		redeemed := rec.Redeemed(attempt, serialHex(cert), cert.Raw)
+		node := Node{
+			Name:       rec.Node,
+			IPs:        rec.IPs,
+			TokenID:    rec.ID,
+			AdmittedAt: attempt.Now,
+			Serial:     serialHex(cert),
+			NotAfter:   cert.NotAfter,
+		}
+		rawRec, err := json.Marshal(redeemed)
+		if err != nil {
+			return nil, fmt.Errorf("admission: %w", err)
+		}
+		rawNode, err := json.Marshal(node)
+		if err != nil {
+			return nil, fmt.Errorf("admission: %w", err)
+		}
+		// The node record is replaced whatever it held: a token issued for
+		// a name is the administrator's word that this key is now that node.
+		err = s.cfg.Store.Txn(ctx,
+			[]store.Cond{{Key: key, Value: raw}},
+			[]store.Op{{Key: key, Value: rawRec}, {Key: nodePrefix + rec.Node, Value: rawNode}})
+		if errors.Is(err, store.ErrConflict) {
+			continue // someone else redeemed or revoked it: look again
+		}
+		if err != nil {
+			return nil, fmt.Errorf("admission: %w", err)
+		}
+		return &Issued{Node: rec.Node, Cert: cert, Chain: s.cfg.KeyGranting.Chain()}, nil
+	}
+}
+
+// Caller is a node proven by its CGC.
+type Caller struct {
+	Node   Node
+	Serial string // serial of the CGC it presented
+}
+
+// Authenticate checks a client certificate chain (leaf first, as presented
+// in the TLS handshake) as a CGC: issued by the key-granting authority, valid
+// now, of a node that is not revoked, and the node's current CGC or the one
+// it is being rotated to. The first use of the newer one makes it current,
+// and from then on the older one is refused as superseded.
+func (s *Service) Authenticate(ctx context.Context, chain []*x509.Certificate) (*Caller, error) {
+	if len(chain) == 0 {
+		return nil, fmt.Errorf("%w: no certificate", ErrCertInvalid)
+	}
+	leaf := chain[0]
+	if err := s.cfg.KeyGranting.Verify(leaf, x509.ExtKeyUsageClientAuth); err != nil {
+		var inv x509.CertificateInvalidError
+		if errors.As(err, &inv) && inv.Reason == x509.Expired {
+			return nil, fmt.Errorf("%w: %w", ErrCertExpired, err)
+		}
+		return nil, fmt.Errorf("%w: %w", ErrCertInvalid, err)
+	}
+	name, err := NodeName(leaf)
+	if err != nil {
+		return nil, err
+	}
+	serial := serialHex(leaf)
+	var caller *Caller
+	err = s.update(ctx, nodePrefix+name, func(raw []byte) ([]byte, error) {
+		n, err := decodeNode(raw, name)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case n.Revoked:
+			return nil, fmt.Errorf("%w: %s", ErrNodeRevoked, name)
+		case serial == n.Serial:
+			caller = &Caller{Node: n, Serial: serial}
+			return nil, nil
+		case serial == n.Next && n.Next != "":
+			n.Serial, n.NotAfter, n.Next, n.NextNotAfter = n.Next, n.NextNotAfter, "", time.Time{}
+			caller = &Caller{Node: n, Serial: serial}
+			return json.Marshal(n)
+		}
+		return nil, fmt.Errorf("%w: node %s presented serial %s, current is %s", ErrCertSuperseded, name, serial, n.Serial)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return caller, nil
+}
+
+// Renew issues the caller's next CGC for the key in csr. The new CGC becomes
+// current when the node first uses it; until then the presented one stays
+// valid too, so an answer lost in transit costs nothing.
+func (s *Service) Renew(ctx context.Context, caller *Caller, csrData []byte) (*Issued, error) {
+	csr, err := ParseCSR(csrData)
+	if err != nil {
+		return nil, err
+	}
+	name := caller.Node.Name
+	cert, err := s.signCGC(name, csr)
+	if err != nil {
+		return nil, err
+	}
+	err = s.update(ctx, nodePrefix+name, func(raw []byte) ([]byte, error) {
+		n, err := decodeNode(raw, name)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case n.Revoked:
+			return nil, fmt.Errorf("%w: %s", ErrNodeRevoked, name)
+		case caller.Serial == n.Next && n.Next != "":
+			n.Serial, n.NotAfter = n.Next, n.NextNotAfter
+		case caller.Serial != n.Serial:
+			return nil, fmt.Errorf("%w: node %s presented serial %s, current is %s", ErrCertSuperseded, name, caller.Serial, n.Serial)
+		}
+		n.Next, n.NextNotAfter = serialHex(cert), cert.NotAfter
+		n.Renewals++
+		n.RenewedAt = s.cfg.Now()
+		return json.Marshal(n)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Issued{Node: name, Cert: cert, Chain: s.cfg.KeyGranting.Chain()}, nil
+}
+
+func decodeNode(raw []byte, name string) (Node, error) {
+	if raw == nil {
+		// A valid CGC for a node the store has never heard of: the store
+		// was replaced or the record removed. Refuse rather than trust.
+		return Node{}, fmt.Errorf("%w: node %s is not in the inventory", ErrCertInvalid, name)
+	}
+	var n Node
+	if err := json.Unmarshal(raw, &n); err != nil {
+		return Node{}, fmt.Errorf("admission: node %s: %w", name, err)
+	}
+	return n, nil
+}
+
+// ListNodes returns every node in the inventory, sorted by name.
+func (s *Service) ListNodes(ctx context.Context) ([]Node, error) {
+	kvs, err := s.cfg.Store.List(ctx, nodePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("admission: list nodes: %w", err)
+	}
+	out := make([]Node, 0, len(kvs))
+	for _, kv := range kvs {
+		var n Node
+		if err := json.Unmarshal(kv.Value, &n); err != nil {
+			return nil, fmt.Errorf("admission: %s: %w", kv.Key, err)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// RevokeNode marks a node revoked, so every CGC it holds stops working at
+// once, and revokes its pending tokens so none can bring it back. Revoking
+// a revoked node is not an error.
+func (s *Service) RevokeNode(ctx context.Context, name string) (Node, error) {
+	var out Node
+	err := s.update(ctx, nodePrefix+name, func(raw []byte) ([]byte, error) {
+		if raw == nil {
+			return nil, fmt.Errorf("%w: node %s", ErrNotFound, name)
+		}
+		if err := json.Unmarshal(raw, &out); err != nil {
+			return nil, err
+		}
+		if out.Revoked {
+			return nil, nil
+		}
+		out.Revoked, out.RevokedAt = true, s.cfg.Now()
+		return json.Marshal(out)
+	})
+	if err != nil {
+		return Node{}, err
+	}
+	recs, err := s.ListTokens(ctx)
+	if err != nil {
+		return out, err
+	}
+	for _, r := range recs {
+		if r.Node == name && r.State == tokens.StatePending {
+			if _, err := s.RevokeToken(ctx, r.ID); err != nil && !errors.Is(err, ErrInvalid) {
+				return out, err
+			}
+		}
+	}
+	return out, nil
+}
+
+// Prune deletes token records that can no longer be redeemed nor replayed,
+// and returns how many it removed.
+func (s *Service) Prune(ctx context.Context) (int, error) {
+	kvs, err := s.cfg.Store.List(ctx, tokenPrefix)
+	if err != nil {
+		return 0, fmt.Errorf("admission: prune: %w", err)
+	}
+	now, n := s.cfg.Now(), 0
+	for _, kv := range kvs {
+		var r tokens.Record
+		if err := json.Unmarshal(kv.Value, &r); err != nil || !r.Prunable(now, s.cfg.Grace) {
+			continue
+		}
+		err := s.cfg.Store.Txn(ctx, []store.Cond{{Key: kv.Key, Value: kv.Value}}, []store.Op{{Key: kv.Key, Delete: true}})
+		if errors.Is(err, store.ErrConflict) {
+			continue // changed under us; the next round looks again
+		}
+		if err != nil {
+			return n, fmt.Errorf("admission: prune: %w", err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+func (s *Service) signCGC(node string, csr *x509.CertificateRequest) (*x509.Certificate, error) {
+	cert, err := s.cfg.KeyGranting.Sign(authority.Request{
+		PublicKey:   csr.PublicKey,
+		CommonName:  node,
+		URIs:        []*url.URL{NodeURI(node)},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		Lifetime:    s.cfg.CGCLifetime,
+	})
+	if err != nil {
+		if errors.Is(err, authority.ErrWeakKey) {
+			return nil, fmt.Errorf("%w: %w", ErrKeyRejected, err)
+		}
+		return nil, fmt.Errorf("admission: %w", err)
+	}
+	return cert, nil
+}
+
+// NodeURI is the URI SAN naming a node in its CGC.
+func NodeURI(node string) *url.URL {
+	return &url.URL{Scheme: NodeURIScheme, Host: "node", Path: "/" + node}
+}
+
+// NodeName reads the node name from a CGC: its URI SAN, which must agree
+// with its common name.
+func NodeName(cert *x509.Certificate) (string, error) {
+	for _, u := range cert.URIs {
+		if u.Scheme == NodeURIScheme && u.Host == "node" {
+			name := strings.TrimPrefix(u.Path, "/")
+			if name != cert.Subject.CommonName || tokens.ValidNodeName(name) != nil {
+				break
+			}
+			return name, nil
+		}
+	}
+	return "", fmt.Errorf("%w: no node name in certificate %q", ErrCertInvalid, cert.Subject.CommonName)
+}
+
+// ParseCSR decodes a PEM (or DER) certificate request and checks its
+// self-signature and its key.
+func ParseCSR(data []byte) (*x509.CertificateRequest, error) {
+	der := data
+	if block, _ := pem.Decode(data); block != nil {
+		if !slices.Contains([]string{"CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"}, block.Type) {
+			return nil, fmt.Errorf("%w: PEM block is %q", ErrCSRInvalid, block.Type)
+		}
+		der = block.Bytes
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCSRInvalid, err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCSRInvalid, err)
+	}
+	if err := authority.CheckKey(csr.PublicKey); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrKeyRejected, err)
+	}
+	return csr, nil
+}
+
+func serialHex(c *x509.Certificate) string { return hex.EncodeToString(c.SerialNumber.Bytes()) }
+
+// SerialHex is the form in which serials are stored and shown.
+func SerialHex(c *x509.Certificate) string { return serialHex(c) }

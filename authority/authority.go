@@ -1,0 +1,459 @@
+// Package authority holds the keysystem's X.509 certificate authorities: it
+// generates or loads a root and an optional intermediate, keeps the signing
+// key, and signs what it is told.
+//
+// An Authority knows nothing of HTTP, tokens or policy: the caller decides
+// what a certificate may say, and the authority only enforces what makes a
+// certificate well formed (random serials, clock-skew back-dating, key
+// identifiers, lifetimes inside its own). Keys are written 0600 and never
+// leave the directory they were written to.
+package authority
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.step.sm/crypto/keyutil"
+	"go.step.sm/crypto/pemutil"
+	"go.step.sm/crypto/x509util"
+
+	"github.com/keysystem/keysystem/authority/keyfile"
+)
+
+// The built-in authorities, each with one purpose, so that a certificate
+// from one can never be mistaken for another's.
+const (
+	KeyGranting = "keygranting" // signs certificate-granting certificates (node identity)
+	Server      = "server"      // signs the keyserver's own TLS certificate
+	Admin       = "admin"       // signs administrators' client certificates
+)
+
+// Backdate is how far before "now" a certificate's validity starts, so a
+// peer whose clock runs a little behind still accepts it.
+const Backdate = time.Minute
+
+// Files in an authority's directory.
+const (
+	RootCertFile         = "root.crt"
+	RootKeyFile          = "root.key"
+	IntermediateCertFile = "intermediate.crt"
+	IntermediateKeyFile  = "intermediate.key"
+)
+
+// KeyType names a key algorithm.
+type KeyType string
+
+// The key types an authority or a node may use.
+const (
+	ECDSAP256 KeyType = "ecdsa-p256"
+	Ed25519   KeyType = "ed25519"
+	RSA3072   KeyType = "rsa-3072"
+)
+
+// ParseKeyType accepts the names above; the empty string means ECDSAP256.
+func ParseKeyType(s string) (KeyType, error) {
+	switch kt := KeyType(strings.ToLower(s)); kt {
+	case "":
+		return ECDSAP256, nil
+	case ECDSAP256, Ed25519, RSA3072:
+		return kt, nil
+	}
+	return "", fmt.Errorf("authority: unknown key type %q (want %s, %s or %s)", s, ECDSAP256, Ed25519, RSA3072)
+}
+
+// GenerateKey makes a new private key of type kt.
+func GenerateKey(kt KeyType) (crypto.Signer, error) {
+	var (
+		s   crypto.Signer
+		err error
+	)
+	switch kt {
+	case ECDSAP256, "":
+		s, err = keyutil.GenerateSigner("EC", "P-256", 0)
+	case Ed25519:
+		s, err = keyutil.GenerateSigner("OKP", "Ed25519", 0)
+	case RSA3072:
+		s, err = keyutil.GenerateSigner("RSA", "", 3072)
+	default:
+		return nil, fmt.Errorf("authority: unknown key type %q", kt)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("authority: generate %s key: %w", kt, err)
+	}
+	return s, nil
+}
+
+// ErrWeakKey is returned by CheckKey for keys the keysystem does not accept.
+var ErrWeakKey = errors.New("authority: key rejected")
+
+// CheckKey accepts ECDSA on P-256 and P-384, Ed25519, and RSA of 2048 to
+// 8192 bits with a sane public exponent; anything else is ErrWeakKey.
+func CheckKey(pub crypto.PublicKey) error {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256(), elliptic.P384():
+			return nil
+		}
+		return fmt.Errorf("%w: ECDSA curve %s is not allowed (use P-256 or P-384)", ErrWeakKey, k.Curve.Params().Name)
+	case ed25519.PublicKey:
+		if len(k) != ed25519.PublicKeySize {
+			return fmt.Errorf("%w: malformed Ed25519 key", ErrWeakKey)
+		}
+		return nil
+	case *rsa.PublicKey:
+		if n := k.N.BitLen(); n < 2048 || n > 8192 {
+			return fmt.Errorf("%w: RSA key of %d bits (want 2048 to 8192)", ErrWeakKey, n)
+		}
+		if k.E < 3 || k.E%2 == 0 {
+			return fmt.Errorf("%w: RSA public exponent %d", ErrWeakKey, k.E)
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: unsupported key type %T", ErrWeakKey, pub)
+}
+
+// SPKIPin is the pin of a certificate's public key, "sha256:<hex>" of its
+// DER SubjectPublicKeyInfo, the form kubeadm uses for its CA pin.
+func SPKIPin(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// ParsePin checks that pin has the form SPKIPin produces and returns it in
+// canonical (lower-case) form.
+func ParsePin(pin string) (string, error) {
+	p := strings.ToLower(strings.TrimSpace(pin))
+	h, ok := strings.CutPrefix(p, "sha256:")
+	if !ok {
+		return "", fmt.Errorf("authority: pin %q must start with \"sha256:\"", pin)
+	}
+	if b, err := hex.DecodeString(h); err != nil || len(b) != sha256.Size {
+		return "", fmt.Errorf("authority: pin %q must be sha256: and 64 hex digits", pin)
+	}
+	return p, nil
+}
+
+// Config says how to generate a new authority.
+type Config struct {
+	Name         string  // authority name, used in certificate subjects
+	KeyType      KeyType // default ECDSAP256
+	Intermediate bool    // sign with an intermediate under the root
+
+	RootLifetime         time.Duration // default 10 years
+	IntermediateLifetime time.Duration // default 5 years
+
+	Now  func() time.Time // default time.Now
+	Rand io.Reader        // serial numbers; default crypto/rand
+}
+
+// Options are the run-time settings of a loaded authority.
+type Options struct {
+	Now  func() time.Time // default time.Now
+	Rand io.Reader        // serial numbers; default crypto/rand
+}
+
+// Authority signs certificates with its issuer key: the intermediate's when
+// there is one, the root's otherwise.
+type Authority struct {
+	name      string
+	root      *x509.Certificate
+	issuer    *x509.Certificate
+	chain     []*x509.Certificate // from the issuer up to, not including, the root
+	signer    crypto.Signer
+	rootKey   crypto.Signer // nil when loaded with an intermediate
+	roots     *x509.CertPool
+	interPool *x509.CertPool
+	now       func() time.Time
+	rand      io.Reader
+}
+
+func (o *Options) fill() {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Rand == nil {
+		o.Rand = rand.Reader
+	}
+}
+
+// Generate creates a new authority in memory; Save writes it out.
+func Generate(cfg Config) (*Authority, error) {
+	if cfg.Name == "" {
+		return nil, errors.New("authority: a name is required")
+	}
+	if cfg.RootLifetime == 0 {
+		cfg.RootLifetime = 10 * 365 * 24 * time.Hour
+	}
+	if cfg.IntermediateLifetime == 0 {
+		cfg.IntermediateLifetime = 5 * 365 * 24 * time.Hour
+	}
+	opts := Options{Now: cfg.Now, Rand: cfg.Rand}
+	opts.fill()
+	rootKey, err := GenerateKey(cfg.KeyType)
+	if err != nil {
+		return nil, err
+	}
+	pathLen := 0
+	if cfg.Intermediate {
+		pathLen = 1
+	}
+	now := opts.Now()
+	root, err := signCA(opts.Rand, cfg.Name+" root", rootKey.Public(), nil, rootKey, now, now.Add(cfg.RootLifetime), pathLen)
+	if err != nil {
+		return nil, err
+	}
+	a := &Authority{name: cfg.Name, root: root, issuer: root, signer: rootKey, rootKey: rootKey}
+	if cfg.Intermediate {
+		key, err := GenerateKey(cfg.KeyType)
+		if err != nil {
+			return nil, err
+		}
+		inter, err := signCA(opts.Rand, cfg.Name+" intermediate", key.Public(), root, rootKey, now, now.Add(cfg.IntermediateLifetime), 0)
+		if err != nil {
+			return nil, err
+		}
+		a.issuer, a.signer, a.chain = inter, key, []*x509.Certificate{inter}
+	}
+	a.init(opts)
+	return a, nil
+}
+
+func (a *Authority) init(opts Options) {
+	opts.fill()
+	a.now, a.rand = opts.Now, opts.Rand
+	a.roots = x509.NewCertPool()
+	a.roots.AddCert(a.root)
+	a.interPool = x509.NewCertPool()
+	for _, c := range a.chain {
+		a.interPool.AddCert(c)
+	}
+}
+
+func signCA(r io.Reader, cn string, pub crypto.PublicKey, parent *x509.Certificate, key crypto.Signer, now, notAfter time.Time, pathLen int) (*x509.Certificate, error) {
+	serial, err := Serial(r)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509util.Certificate{
+		Subject:          x509util.Subject{CommonName: cn},
+		SerialNumber:     x509util.SerialNumber{Int: serial},
+		NotBefore:        now.Add(-Backdate),
+		NotAfter:         notAfter,
+		KeyUsage:         x509util.KeyUsage(x509.KeyUsageCertSign | x509.KeyUsageCRLSign),
+		BasicConstraints: &x509util.BasicConstraints{IsCA: true, MaxPathLen: pathLen},
+		PublicKey:        pub,
+	}
+	c := tmpl.GetCertificate()
+	c.MaxPathLenZero = pathLen == 0
+	if parent == nil {
+		parent = c // self-signed
+	} else if notAfter.After(parent.NotAfter) {
+		c.NotAfter = parent.NotAfter
+	}
+	cert, err := x509util.CreateCertificate(c, parent, pub, key)
+	if err != nil {
+		return nil, fmt.Errorf("authority: sign %s: %w", cn, err)
+	}
+	return cert, nil
+}
+
+// Serial returns a positive random serial number of 128 bits.
+func Serial(r io.Reader) (*big.Int, error) {
+	var b [16]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return nil, fmt.Errorf("authority: serial number: %w", err)
+	}
+	b[0] &= 0x7f // positive in DER without a leading zero byte
+	b[0] |= 0x40 // and always 16 bytes long
+	return new(big.Int).SetBytes(b[:]), nil
+}
+
+// Save writes the authority into dir (created 0700 if missing): the
+// certificates 0644 and the keys 0600. It refuses to overwrite an existing
+// authority.
+func (a *Authority) Save(dir string) error {
+	if a.rootKey == nil {
+		return errors.New("authority: only a generated authority can be saved")
+	}
+	if _, err := os.Stat(filepath.Join(dir, RootCertFile)); err == nil {
+		return fmt.Errorf("authority: %s already holds an authority", dir)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("authority: %w", err)
+	}
+	type file struct {
+		name string
+		v    any
+		perm os.FileMode
+	}
+	files := []file{{RootKeyFile, a.rootKey, 0o600}, {RootCertFile, a.root, 0o644}}
+	if len(a.chain) > 0 {
+		files = append(files, file{IntermediateKeyFile, a.signer, 0o600}, file{IntermediateCertFile, a.issuer, 0o644})
+	}
+	for _, f := range files {
+		block, err := pemutil.Serialize(f.v, pemutil.WithPKCS8(true))
+		if err != nil {
+			return fmt.Errorf("authority: encode %s: %w", f.name, err)
+		}
+		if err := keyfile.Write(filepath.Join(dir, f.name), pem.EncodeToMemory(block), f.perm); err != nil {
+			return fmt.Errorf("authority: %w", err)
+		}
+	}
+	return nil
+}
+
+// Load reads an authority from dir: root.crt, and either intermediate.crt
+// with intermediate.key, or root.key. With an intermediate the root key is
+// not read at all, so it may be kept offline.
+func Load(dir, name string, opts Options) (*Authority, error) {
+	root, err := pemutil.ReadCertificate(filepath.Join(dir, RootCertFile))
+	if err != nil {
+		return nil, fmt.Errorf("authority: load %s: %w", name, err)
+	}
+	a := &Authority{name: name, root: root, issuer: root}
+	keyFile := RootKeyFile
+	if inter, err := pemutil.ReadCertificate(filepath.Join(dir, IntermediateCertFile)); err == nil {
+		a.issuer, a.chain, keyFile = inter, []*x509.Certificate{inter}, IntermediateKeyFile
+		if err := inter.CheckSignatureFrom(root); err != nil {
+			return nil, fmt.Errorf("authority: %s: intermediate is not signed by the root: %w", name, err)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("authority: load %s: %w", name, err)
+	}
+	k, err := pemutil.Read(filepath.Join(dir, keyFile))
+	if err != nil {
+		return nil, fmt.Errorf("authority: load %s: %w", name, err)
+	}
+	signer, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("authority: %s: %s is not a signing key", name, keyFile)
+	}
+	if err := keyutil.VerifyPair(a.issuer.PublicKey, signer); err != nil {
+		return nil, fmt.Errorf("authority: %s: %s does not match its certificate: %w", name, keyFile, err)
+	}
+	a.signer = signer
+	if keyFile == RootKeyFile {
+		a.rootKey = signer
+	}
+	a.init(opts)
+	return a, nil
+}
+
+// Name is the authority's name.
+func (a *Authority) Name() string { return a.name }
+
+// Root is the authority's self-signed root certificate, its trust anchor.
+func (a *Authority) Root() *x509.Certificate { return a.root }
+
+// Chain is the issuer chain a leaf is served with, from the issuing
+// certificate up to, but not including, the root.
+func (a *Authority) Chain() []*x509.Certificate { return a.chain }
+
+// Roots is a pool holding only this authority's root.
+func (a *Authority) Roots() *x509.CertPool { return a.roots }
+
+// Request is what a certificate will say. The caller has already decided
+// that the subject and names are allowed; the authority checks the key.
+type Request struct {
+	PublicKey   crypto.PublicKey
+	CommonName  string
+	DNSNames    []string
+	IPAddresses []net.IP
+	URIs        []*url.URL
+	ExtKeyUsage []x509.ExtKeyUsage
+	Lifetime    time.Duration // capped at the issuer's own expiry
+}
+
+// Sign issues a leaf certificate for req.
+func (a *Authority) Sign(req Request) (*x509.Certificate, error) {
+	if err := CheckKey(req.PublicKey); err != nil {
+		return nil, err
+	}
+	if req.Lifetime <= 0 {
+		return nil, errors.New("authority: a positive lifetime is required")
+	}
+	serial, err := Serial(a.rand)
+	if err != nil {
+		return nil, err
+	}
+	now := a.now()
+	notAfter := now.Add(req.Lifetime)
+	if notAfter.After(a.issuer.NotAfter) {
+		notAfter = a.issuer.NotAfter
+	}
+	ku := x509.KeyUsageDigitalSignature
+	if _, ok := req.PublicKey.(*rsa.PublicKey); ok {
+		ku |= x509.KeyUsageKeyEncipherment // TLS 1.2 RSA key exchange
+	}
+	c := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: req.CommonName},
+		NotBefore:             now.Add(-Backdate),
+		NotAfter:              notAfter,
+		KeyUsage:              ku,
+		ExtKeyUsage:           req.ExtKeyUsage,
+		BasicConstraintsValid: true,
+		DNSNames:              req.DNSNames,
+		IPAddresses:           req.IPAddresses,
+		URIs:                  req.URIs,
+		AuthorityKeyId:        a.issuer.SubjectKeyId,
+	}
+	cert, err := x509util.CreateCertificate(c, a.issuer, req.PublicKey, a.signer)
+	if err != nil {
+		return nil, fmt.Errorf("authority: %s: sign %q: %w", a.name, req.CommonName, err)
+	}
+	return cert, nil
+}
+
+// Verify checks that cert was issued by this authority (through its chain),
+// is valid at the authority's current time and allows usage.
+func (a *Authority) Verify(cert *x509.Certificate, usage x509.ExtKeyUsage) error {
+	_, err := cert.Verify(x509.VerifyOptions{
+		Roots:         a.roots,
+		Intermediates: a.interPool,
+		CurrentTime:   a.now(),
+		KeyUsages:     []x509.ExtKeyUsage{usage},
+	})
+	if err != nil {
+		return fmt.Errorf("authority: %s: %w", a.name, err)
+	}
+	return nil
+}
+
+// EncodePEM encodes certificates as consecutive PEM blocks.
+func EncodePEM(certs ...*x509.Certificate) []byte {
+	var b []byte
+	for _, c := range certs {
+		b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return b
+}
+
+// EncodeKeyPEM encodes a private key as a PKCS #8 PEM block.
+func EncodeKeyPEM(key crypto.Signer) ([]byte, error) {
+	block, err := pemutil.Serialize(key, pemutil.WithPKCS8(true))
+	if err != nil {
+		return nil, fmt.Errorf("authority: encode key: %w", err)
+	}
+	return pem.EncodeToMemory(block), nil
+}

@@ -1,0 +1,193 @@
+package authority
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+var t0 = time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+
+func fixedNow(t *time.Time) func() time.Time { return func() time.Time { return *t } }
+
+func TestGenerateSaveLoadSign(t *testing.T) {
+	for _, tc := range []struct {
+		kt    KeyType
+		inter bool
+	}{
+		{ECDSAP256, false},
+		{ECDSAP256, true},
+		{Ed25519, true},
+		{RSA3072, false},
+	} {
+		t.Run(string(tc.kt)+map[bool]string{true: "+intermediate", false: ""}[tc.inter], func(t *testing.T) {
+			now := t0
+			a, err := Generate(Config{Name: "test", KeyType: tc.kt, Intermediate: tc.inter, Now: fixedNow(&now)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := filepath.Join(t.TempDir(), "ca")
+			if err := a.Save(dir); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.Save(dir); err == nil {
+				t.Error("second Save over an existing authority succeeded")
+			}
+			for _, f := range []string{RootKeyFile, IntermediateKeyFile} {
+				fi, err := os.Stat(filepath.Join(dir, f))
+				if errors.Is(err, os.ErrNotExist) && (f == IntermediateKeyFile) != tc.inter {
+					continue
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if fi.Mode().Perm() != 0o600 {
+					t.Errorf("%s mode %v, want 0600", f, fi.Mode().Perm())
+				}
+			}
+			b, err := Load(dir, "test", Options{Now: fixedNow(&now)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !b.Root().Equal(a.Root()) || len(b.Chain()) != len(a.Chain()) {
+				t.Fatal("loaded authority differs from the saved one")
+			}
+			if tc.inter && b.rootKey != nil {
+				t.Error("root key was loaded although an intermediate signs")
+			}
+			wantPathLen := 0
+			if tc.inter {
+				wantPathLen = 1
+				if ic := b.Chain()[0]; ic.MaxPathLen != 0 || !ic.MaxPathLenZero || !ic.IsCA {
+					t.Errorf("intermediate path length %d (zero %v), want 0", ic.MaxPathLen, ic.MaxPathLenZero)
+				}
+			}
+			if r := b.Root(); r.MaxPathLen != wantPathLen || !r.IsCA || !bytes.Equal(r.SubjectKeyId, r.AuthorityKeyId) && r.AuthorityKeyId != nil {
+				t.Errorf("root path length %d, want %d", r.MaxPathLen, wantPathLen)
+			}
+
+			leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			leaf, err := b.Sign(Request{
+				PublicKey:   leafKey.Public(),
+				CommonName:  "web1",
+				DNSNames:    []string{"web1.example.org"},
+				ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+				Lifetime:    time.Hour,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := leaf.SerialNumber.BitLen(); got != 127 {
+				t.Errorf("serial has %d bits, want 127 (16 positive bytes)", got)
+			}
+			if !leaf.NotBefore.Equal(now.Add(-Backdate).Truncate(time.Second)) || !leaf.NotAfter.Equal(now.Add(time.Hour)) {
+				t.Errorf("validity %v..%v", leaf.NotBefore, leaf.NotAfter)
+			}
+			if leaf.IsCA || len(leaf.SubjectKeyId) == 0 || !bytes.Equal(leaf.AuthorityKeyId, b.issuer.SubjectKeyId) {
+				t.Error("leaf lacks SKI/AKI or is a CA")
+			}
+			if err := b.Verify(leaf, x509.ExtKeyUsageClientAuth); err != nil {
+				t.Errorf("leaf does not verify: %v", err)
+			}
+			if err := b.Verify(leaf, x509.ExtKeyUsageServerAuth); err == nil {
+				t.Error("client certificate verified for server use")
+			}
+			now = now.Add(2 * time.Hour)
+			var inv x509.CertificateInvalidError
+			if err := b.Verify(leaf, x509.ExtKeyUsageClientAuth); !errors.As(err, &inv) || inv.Reason != x509.Expired {
+				t.Errorf("expired leaf: err = %v, want x509 Expired", err)
+			}
+		})
+	}
+}
+
+func TestSignCapsLifetimeAtIssuer(t *testing.T) {
+	now := t0
+	a, err := Generate(Config{Name: "short", RootLifetime: 24 * time.Hour, Now: fixedNow(&now)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leaf, err := a.Sign(Request{PublicKey: k.Public(), CommonName: "x", Lifetime: 48 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leaf.NotAfter.After(a.Root().NotAfter) {
+		t.Errorf("leaf outlives its issuer: %v > %v", leaf.NotAfter, a.Root().NotAfter)
+	}
+}
+
+func TestCheckKey(t *testing.T) {
+	p224, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	rsa1024, _ := rsa.GenerateKey(rand.Reader, 1024)
+	rsa2048, _ := rsa.GenerateKey(rand.Reader, 2048)
+	ed, _ := GenerateKey(Ed25519)
+	for _, tc := range []struct {
+		name string
+		pub  any
+		ok   bool
+	}{
+		{"P-224", p224.Public(), false},
+		{"P-384", p384.Public(), true},
+		{"RSA-1024", rsa1024.Public(), false},
+		{"RSA-2048", rsa2048.Public(), true},
+		{"Ed25519", ed.Public(), true},
+		{"nil", nil, false},
+	} {
+		err := CheckKey(tc.pub)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: err = %v, want ok=%v", tc.name, err, tc.ok)
+		}
+		if err != nil && !errors.Is(err, ErrWeakKey) {
+			t.Errorf("%s: %v is not ErrWeakKey", tc.name, err)
+		}
+		if !tc.ok && tc.pub != nil {
+			a, _ := Generate(Config{Name: "ca"})
+			if _, err := a.Sign(Request{PublicKey: tc.pub, CommonName: "x", Lifetime: time.Hour}); !errors.Is(err, ErrWeakKey) {
+				t.Errorf("%s: Sign err = %v, want ErrWeakKey", tc.name, err)
+			}
+		}
+	}
+}
+
+func TestLoadRejectsMismatchedKey(t *testing.T) {
+	dir := t.TempDir()
+	a, _ := Generate(Config{Name: "a"})
+	b, _ := Generate(Config{Name: "b"})
+	if err := a.Save(filepath.Join(dir, "a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Save(filepath.Join(dir, "b")); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := os.ReadFile(filepath.Join(dir, "b", RootKeyFile))
+	if err := os.WriteFile(filepath.Join(dir, "a", RootKeyFile), key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(filepath.Join(dir, "a"), "a", Options{}); err == nil {
+		t.Fatal("Load accepted a key that does not match the certificate")
+	}
+}
+
+func TestPin(t *testing.T) {
+	a, _ := Generate(Config{Name: "a"})
+	pin := SPKIPin(a.Root())
+	if got, err := ParsePin("  sha256:" + strings.ToUpper(pin[7:]) + "\n"); err != nil || got != pin {
+		t.Errorf("ParsePin(%q) = %q, %v", pin, got, err)
+	}
+	for _, bad := range []string{"", "sha1:00", "sha256:zz", pin[:len(pin)-2], "md5" + pin[6:]} {
+		if _, err := ParsePin(bad); err == nil {
+			t.Errorf("ParsePin(%q) accepted", bad)
+		}
+	}
+}

@@ -1,0 +1,134 @@
+package keyclient
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/keysystem/keysystem/authority"
+	"github.com/keysystem/keysystem/tokens"
+)
+
+// Config is a node's keyclient configuration file, as `keyctl installer`
+// writes it.
+type Config struct {
+	Node        string   `yaml:"node"`
+	Servers     []string `yaml:"servers"`
+	TrustAnchor string   `yaml:"trust_anchor"` // sha256:<hex> of the keyserver root's SubjectPublicKeyInfo
+	Token       string   `yaml:"token,omitempty"`
+	TokenFile   string   `yaml:"token_file,omitempty"` // removed once the token is spent
+	StateDir    string   `yaml:"state_dir"`
+	KeyType     string   `yaml:"key_type,omitempty"` // ecdsa-p256 (default), ed25519, rsa-3072
+}
+
+// ConfigError is a configuration that cannot work; the command line maps it
+// to exit code 2.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// LoadConfig reads and checks a configuration file. Unknown keys are
+// refused, and every problem is reported at once.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &ConfigError{fmt.Errorf("keyclient: %w", err)}
+	}
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = errors.New("empty file")
+		}
+		return nil, &ConfigError{fmt.Errorf("keyclient: config %s: %w", path, err)}
+	}
+	base := filepath.Dir(path)
+	for _, p := range []*string{&c.StateDir, &c.TokenFile} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+	if err := c.Check(); err != nil {
+		return nil, &ConfigError{fmt.Errorf("keyclient: config %s: %w", path, err)}
+	}
+	return &c, nil
+}
+
+// Check reports every problem with c.
+func (c *Config) Check() error {
+	var errs []error
+	if err := tokens.ValidNodeName(c.Node); err != nil {
+		errs = append(errs, fmt.Errorf("node: %w", err))
+	}
+	if len(c.Servers) == 0 {
+		errs = append(errs, errors.New("servers: at least one keyserver URL is required"))
+	}
+	for _, s := range c.Servers {
+		u, err := url.Parse(s)
+		if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			errs = append(errs, fmt.Errorf("servers: %q is not an https://host[:port] URL", s))
+		}
+	}
+	if pin, err := authority.ParsePin(c.TrustAnchor); err != nil {
+		errs = append(errs, fmt.Errorf("trust_anchor: %w", err))
+	} else {
+		c.TrustAnchor = pin
+	}
+	if c.Token != "" && c.TokenFile != "" {
+		errs = append(errs, errors.New("token and token_file: give one, not both"))
+	}
+	if c.Token != "" {
+		if _, err := tokens.Parse(c.Token); err != nil {
+			errs = append(errs, fmt.Errorf("token: not a valid token (mistyped?): %w", err))
+		}
+	}
+	if c.StateDir == "" {
+		errs = append(errs, errors.New("state_dir: required"))
+	}
+	if _, err := authority.ParseKeyType(c.KeyType); err != nil {
+		errs = append(errs, fmt.Errorf("key_type: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// token returns the admission token, from the file when one is named.
+func (c *Config) token() (string, error) {
+	if c.TokenFile == "" {
+		return c.Token, nil
+	}
+	data, err := os.ReadFile(c.TokenFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("keyclient: token file: %w", err)
+	}
+	t := strings.TrimSpace(string(data))
+	if _, err := tokens.Parse(t); err != nil {
+		return "", &ConfigError{fmt.Errorf("keyclient: token file %s does not hold a valid token (mistyped?): %w", c.TokenFile, err)}
+	}
+	return t, nil
+}
+
+// Marshal encodes c as YAML with a header comment.
+func (c *Config) Marshal(header string) ([]byte, error) {
+	data, err := yaml.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("keyclient: %w", err)
+	}
+	var b bytes.Buffer
+	for _, line := range strings.Split(strings.TrimRight(header, "\n"), "\n") {
+		b.WriteString("# " + line + "\n")
+	}
+	b.Write(data)
+	return b.Bytes(), nil
+}

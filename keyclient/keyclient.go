@@ -1,0 +1,488 @@
+// Package keyclient is the node's side of the keysystem: it admits the node
+// with its one-time token, keeps its certificate-granting certificate (CGC)
+// fresh, and writes what it gets atomically.
+//
+// Keys are generated here and never leave the node. The keyserver is
+// trusted only through the trust anchor pinned in the configuration; the
+// token is sent only to a keyserver that proved it holds that anchor's
+// certificate chain, and is forgotten once spent.
+package keyclient
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"go.step.sm/crypto/pemutil"
+
+	"github.com/keysystem/keysystem/authority"
+	"github.com/keysystem/keysystem/authority/keyfile"
+	"github.com/keysystem/keysystem/keyserver/api"
+)
+
+// Files in the state directory.
+const (
+	CGCFile    = "cgc.pem"    // key, certificate and chain in one file, so they change together
+	AnchorFile = "anchor.crt" // the keyserver root found by the pin
+)
+
+// ErrNoToken means the node holds no valid CGC and has no token to get one.
+var ErrNoToken = errors.New("keyclient: no valid CGC and no admission token: issue one with `keyctl token issue` and put it in the config")
+
+// Clock is the time source; tests drive it by hand.
+type Clock interface {
+	Now() time.Time
+	After(d time.Duration) <-chan time.Time
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time                         { return time.Now() }
+func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// Options are the run-time settings of a Client.
+type Options struct {
+	Clock  Clock        // default: real time
+	Rand   io.Reader    // jitter; default crypto/rand
+	Logger *slog.Logger // default slog.Default()
+
+	RequestTimeout time.Duration // per request; default 30s
+	MinBackoff     time.Duration // first retry after a failure; default 5s
+	MaxBackoff     time.Duration // retries never wait longer; default 10m
+}
+
+// Client keeps one node's CGC fresh.
+type Client struct {
+	cfg  *Config
+	opts Options
+	log  *slog.Logger
+	rnd  *mrand.Rand
+
+	mu       sync.Mutex
+	anchor   *x509.Certificate
+	cgc      *tls.Certificate // current credential, nil before admission
+	renewAt  time.Time        // when cgc is due, drawn once per certificate
+	failures int
+}
+
+// New returns a Client for cfg.
+func New(cfg *Config, opts Options) (*Client, error) {
+	if err := cfg.Check(); err != nil {
+		return nil, &ConfigError{fmt.Errorf("keyclient: %w", err)}
+	}
+	if opts.Clock == nil {
+		opts.Clock = realClock{}
+	}
+	if opts.Rand == nil {
+		opts.Rand = rand.Reader
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.RequestTimeout == 0 {
+		opts.RequestTimeout = 30 * time.Second
+	}
+	if opts.MinBackoff == 0 {
+		opts.MinBackoff = 5 * time.Second
+	}
+	if opts.MaxBackoff == 0 {
+		opts.MaxBackoff = 10 * time.Minute
+	}
+	var seed [32]byte
+	if _, err := io.ReadFull(opts.Rand, seed[:]); err != nil {
+		return nil, fmt.Errorf("keyclient: seed jitter: %w", err)
+	}
+	c := &Client{cfg: cfg, opts: opts, log: opts.Logger, rnd: mrand.New(mrand.NewChaCha8(seed))}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, &ConfigError{fmt.Errorf("keyclient: state_dir: %w", err)}
+	}
+	if err := c.loadState(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Action says what a pass did.
+type Action string
+
+// Actions of a pass.
+const (
+	ActionNone     Action = "none"     // the CGC is valid and not yet due
+	ActionAdmitted Action = "admitted" // the token was traded for a first CGC
+	ActionRenewed  Action = "renewed"  // the CGC was replaced by a new one, for a new key
+)
+
+// Report is the outcome of one pass.
+type Report struct {
+	Action   Action
+	Cert     *x509.Certificate   // the CGC now held
+	Chain    []*x509.Certificate // its issuer chain
+	Previous *x509.Certificate   // the CGC it replaced, for ActionRenewed
+	RenewAt  time.Time           // when the next renewal is due
+}
+
+// Once makes sure the node holds a valid CGC: it admits the node when it
+// has none (or only an expired one), renews it when due (or when force is
+// set), and otherwise does nothing.
+func (c *Client) Once(ctx context.Context, force bool) (*Report, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.opts.Clock.Now()
+	if c.cgc == nil || !now.Before(c.cgc.Leaf.NotAfter) {
+		return c.admit(ctx)
+	}
+	if !force && now.Before(c.renewAt) {
+		return c.report(ActionNone, nil), nil
+	}
+	return c.renew(ctx)
+}
+
+// Run keeps the CGC fresh until ctx is cancelled: a pass now, then one at
+// each renewal time; a failed pass is retried with exponential backoff and
+// jitter, up to MaxBackoff.
+func (c *Client) Run(ctx context.Context) error {
+	for {
+		var wait time.Duration
+		rep, err := c.Once(ctx, false)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			c.failures++
+			wait = c.backoff(c.failures)
+			c.log.Error("keeping the CGC fresh failed", "err", err, "retry_in", wait.Round(time.Second))
+		} else {
+			c.failures = 0
+			wait = rep.RenewAt.Sub(c.opts.Clock.Now())
+			if rep.Action != ActionNone {
+				c.log.Info("CGC "+string(rep.Action), "serial", serialHex(rep.Cert), "not_after", rep.Cert.NotAfter, "renew_at", rep.RenewAt)
+			}
+		}
+		if wait < 0 {
+			wait = 0
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.opts.Clock.After(wait):
+		}
+	}
+}
+
+// backoff is the wait after the n-th consecutive failure: MinBackoff
+// doubled each time up to MaxBackoff, then "equal jitter" (half fixed,
+// half random), so a fleet that failed together does not retry together.
+func (c *Client) backoff(n int) time.Duration {
+	d := c.opts.MinBackoff
+	for i := 1; i < n && d < c.opts.MaxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, c.opts.MaxBackoff)
+	return d/2 + time.Duration(c.rnd.Int64N(int64(d/2)+1))
+}
+
+// RenewTime is when a certificate valid from notBefore to notAfter is due:
+// two thirds of the way through its lifetime, moved by up to a twentieth of
+// the lifetime either way (u in [0,1) picks where), so that nodes admitted
+// together spread their renewals.
+func RenewTime(notBefore, notAfter time.Time, u float64) time.Time {
+	life := notAfter.Sub(notBefore)
+	jitter := time.Duration((u*2 - 1) * float64(life) / 20)
+	return notBefore.Add(life*2/3 + jitter)
+}
+
+func (c *Client) report(a Action, prev *x509.Certificate) *Report {
+	chain := make([]*x509.Certificate, 0, len(c.cgc.Certificate)-1)
+	for _, der := range c.cgc.Certificate[1:] {
+		if cert, err := x509.ParseCertificate(der); err == nil {
+			chain = append(chain, cert)
+		}
+	}
+	return &Report{Action: a, Cert: c.cgc.Leaf, Chain: chain, Previous: prev, RenewAt: c.renewAt}
+}
+
+func (c *Client) admit(ctx context.Context) (*Report, error) {
+	tok, err := c.cfg.token()
+	if err != nil {
+		return nil, err
+	}
+	if tok == "" {
+		return nil, ErrNoToken
+	}
+	key, csr, err := c.newKey()
+	if err != nil {
+		return nil, err
+	}
+	var resp api.CertificateResponse
+	req := api.AdmitRequest{Token: tok, Node: c.cfg.Node, CSR: csr}
+	if err := c.call(ctx, http.MethodPost, api.PathAdmit, req, &resp, false); err != nil {
+		return nil, fmt.Errorf("keyclient: admission: %w", err)
+	}
+	if err := c.install(key, &resp); err != nil {
+		return nil, err
+	}
+	if c.cfg.TokenFile != "" {
+		if err := os.Remove(c.cfg.TokenFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			c.log.Warn("could not remove the spent token file", "path", c.cfg.TokenFile, "err", err)
+		}
+	}
+	c.cfg.Token = "" // spent: never sent again
+	return c.report(ActionAdmitted, nil), nil
+}
+
+func (c *Client) renew(ctx context.Context) (*Report, error) {
+	prev := c.cgc.Leaf
+	key, csr, err := c.newKey()
+	if err != nil {
+		return nil, err
+	}
+	var resp api.CertificateResponse
+	if err := c.call(ctx, http.MethodPost, api.PathRenew, api.RenewRequest{CSR: csr}, &resp, true); err != nil {
+		return nil, fmt.Errorf("keyclient: renewal: %w", err)
+	}
+	if err := c.install(key, &resp); err != nil {
+		return nil, err
+	}
+	// Using the new CGC once makes it the node's current one at the
+	// keyserver, which from then on refuses the old one. Should this call
+	// fail, the next contact does the same.
+	var self api.NodeInfo
+	if err := c.call(ctx, http.MethodGet, api.PathNode, nil, &self, true); err != nil {
+		c.log.Warn("confirming the new CGC failed; the next contact confirms it", "err", err)
+	}
+	return c.report(ActionRenewed, prev), nil
+}
+
+func (c *Client) newKey() (crypto.Signer, string, error) {
+	kt, _ := authority.ParseKeyType(c.cfg.KeyType)
+	key, err := authority.GenerateKey(kt)
+	if err != nil {
+		return nil, "", err
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return nil, "", fmt.Errorf("keyclient: certificate request: %w", err)
+	}
+	return key, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), nil
+}
+
+// install checks a CGC the keyserver sent and writes it with its key.
+func (c *Client) install(key crypto.Signer, resp *api.CertificateResponse) error {
+	certs, err := pemutil.ParseCertificateBundle([]byte(resp.Certificate + resp.Chain))
+	if err != nil {
+		return fmt.Errorf("keyclient: keyserver sent an unreadable certificate: %w", err)
+	}
+	leaf := certs[0]
+	if pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(key.Public()) {
+		return errors.New("keyclient: keyserver sent a certificate for another key")
+	}
+	if leaf.Subject.CommonName != c.cfg.Node {
+		return fmt.Errorf("keyclient: keyserver sent a certificate for %q, not %q", leaf.Subject.CommonName, c.cfg.Node)
+	}
+	keyPEM, err := authority.EncodeKeyPEM(key)
+	if err != nil {
+		return err
+	}
+	data := append(keyPEM, authority.EncodePEM(certs...)...)
+	if err := keyfile.Write(filepath.Join(c.cfg.StateDir, CGCFile), data, 0o600); err != nil {
+		return err
+	}
+	return c.setCGC(key, certs)
+}
+
+func (c *Client) setCGC(key crypto.Signer, certs []*x509.Certificate) error {
+	tc := &tls.Certificate{PrivateKey: key, Leaf: certs[0]}
+	for _, cert := range certs {
+		tc.Certificate = append(tc.Certificate, cert.Raw)
+	}
+	c.cgc = tc
+	c.renewAt = RenewTime(certs[0].NotBefore, certs[0].NotAfter, c.rnd.Float64())
+	return nil
+}
+
+// loadState reads the anchor and the CGC from the state directory. A CGC
+// file that does not parse or whose key does not match is ignored (the node
+// re-admits), since no partial write can have produced it.
+func (c *Client) loadState() error {
+	if data, err := os.ReadFile(filepath.Join(c.cfg.StateDir, AnchorFile)); err == nil {
+		cert, err := pemutil.ParseCertificate(data)
+		if err != nil || authority.SPKIPin(cert) != c.cfg.TrustAnchor {
+			c.log.Warn("ignoring a stored anchor that does not match the pin", "file", AnchorFile)
+		} else {
+			c.anchor = cert
+		}
+	}
+	data, err := os.ReadFile(filepath.Join(c.cfg.StateDir, CGCFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("keyclient: %w", err)
+	}
+	key, certs, err := parseCGCFile(data)
+	if err != nil {
+		c.log.Warn("ignoring an unusable CGC file", "err", err)
+		return nil
+	}
+	if certs[0].Subject.CommonName != c.cfg.Node {
+		return &ConfigError{fmt.Errorf("keyclient: %s holds a CGC for %q, but this config is for %q", CGCFile, certs[0].Subject.CommonName, c.cfg.Node)}
+	}
+	return c.setCGC(key, certs)
+}
+
+func parseCGCFile(data []byte) (crypto.Signer, []*x509.Certificate, error) {
+	var key crypto.Signer
+	var certs []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		switch block.Type {
+		case "PRIVATE KEY":
+			k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+			if err != nil {
+				return nil, nil, err
+			}
+			s, ok := k.(crypto.Signer)
+			if !ok {
+				return nil, nil, errors.New("key cannot sign")
+			}
+			key = s
+		case "CERTIFICATE":
+			cert, err := x509.ParseCertificate(block.Bytes)
+			if err != nil {
+				return nil, nil, err
+			}
+			certs = append(certs, cert)
+		}
+	}
+	if key == nil || len(certs) == 0 {
+		return nil, nil, errors.New("missing key or certificate")
+	}
+	pub, ok := certs[0].PublicKey.(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(key.Public()) {
+		return nil, nil, errors.New("key does not match certificate")
+	}
+	return key, certs, nil
+}
+
+// State is what the node holds now, for status displays.
+func (c *Client) State() (cert *x509.Certificate, renewAt time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cgc == nil {
+		return nil, time.Time{}
+	}
+	return c.cgc.Leaf, c.renewAt
+}
+
+// trust returns the keyserver's root, discovering it by the pin on first
+// contact and keeping it in the state directory.
+func (c *Client) trust(ctx context.Context) (*x509.Certificate, error) {
+	if c.anchor != nil {
+		return c.anchor, nil
+	}
+	var errs []error
+	for _, s := range c.cfg.Servers {
+		a, err := discoverAnchor(ctx, s, c.cfg.TrustAnchor)
+		if err != nil {
+			if errors.Is(err, ErrAnchorMismatch) {
+				return nil, err
+			}
+			errs = append(errs, err)
+			continue
+		}
+		if err := keyfile.Write(filepath.Join(c.cfg.StateDir, AnchorFile), authority.EncodePEM(a), 0o644); err != nil {
+			return nil, err
+		}
+		c.anchor = a
+		return a, nil
+	}
+	return nil, errors.Join(errs...)
+}
+
+// call sends one request to the first keyserver that answers. An answer
+// from the API (even a refusal) ends the search, since keyservers share
+// their state; only a failure to reach one moves on to the next.
+func (c *Client) call(ctx context.Context, method, path string, in, out any, withCGC bool) error {
+	anchor, err := c.trust(ctx)
+	if err != nil {
+		return err
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(anchor)
+	tlsc := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots}
+	if withCGC {
+		tlsc.Certificates = []tls.Certificate{*c.cgc}
+	}
+	hc := &http.Client{
+		Timeout:   c.opts.RequestTimeout,
+		Transport: &http.Transport{TLSClientConfig: tlsc, ForceAttemptHTTP2: true, DisableKeepAlives: true},
+	}
+	var body []byte
+	if in != nil {
+		if body, err = json.Marshal(in); err != nil {
+			return err
+		}
+	}
+	var errs []error
+	for _, s := range c.cfg.Servers {
+		req, err := http.NewRequestWithContext(ctx, method, s+path, bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", api.ContentJSON)
+		resp, err := hc.Do(req)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		err = decodeResponse(resp, out)
+		var ae *api.Error
+		if errors.As(err, &ae) && ae.Status >= 500 {
+			errs = append(errs, err)
+			continue
+		}
+		return err
+	}
+	return errors.Join(errs...)
+}
+
+func decodeResponse(resp *http.Response, out any) error {
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode/100 != 2 {
+		var eb api.ErrorBody
+		if json.Unmarshal(data, &eb) != nil || eb.Error.Code == "" {
+			return &api.Error{Status: resp.StatusCode, Code: api.CodeInternal, Message: resp.Status}
+		}
+		eb.Error.Status = resp.StatusCode
+		return &eb.Error
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("keyclient: unreadable answer: %w", err)
+	}
+	return nil
+}
+
+func serialHex(c *x509.Certificate) string { return fmt.Sprintf("%x", c.SerialNumber) }

@@ -1,0 +1,160 @@
+// Package api holds the wire types of the keyserver's HTTPS API: the JSON
+// bodies both the keyserver and its clients (keyclient, keyctl) speak, the
+// paths, and the stable error codes. It imports nothing else of this module,
+// so a client never links the server.
+package api
+
+import (
+	"fmt"
+	"time"
+)
+
+// Paths of the API.
+const (
+	PathHealth  = "/healthz"
+	PathAdmit   = "/v1/admit"
+	PathRenew   = "/v1/renew"
+	PathNode    = "/v1/node" // the calling node's own record; using a new CGC here makes it current
+	PathCA      = "/v1/ca/"  // + authority name
+	PathTokens  = "/v1/admin/tokens"
+	PathNodes   = "/v1/admin/nodes"
+	PathRevoke  = "/revoke" // suffix of PathTokens/{id} and PathNodes/{name}
+	ContentJSON = "application/json"
+)
+
+// MaxBodyBytes is the largest request body the keyserver reads.
+const MaxBodyBytes = 64 << 10
+
+// AdmitRequest trades a one-time token for a certificate-granting
+// certificate (CGC). The CGC's identity comes from the token, never from
+// the CSR, whose only use is to carry the node's public key.
+type AdmitRequest struct {
+	Token string `json:"token"`
+	Node  string `json:"node,omitempty"` // the name the node believes it has; must match the token's
+	CSR   string `json:"csr"`            // PEM CERTIFICATE REQUEST
+}
+
+// RenewRequest asks for a new CGC for a new key; it is sent over mutual TLS
+// with the node's current CGC.
+type RenewRequest struct {
+	CSR string `json:"csr"`
+}
+
+// CertificateResponse carries a certificate and its issuer chain.
+type CertificateResponse struct {
+	Node        string    `json:"node"`
+	Certificate string    `json:"certificate"` // PEM, the leaf alone
+	Chain       string    `json:"chain"`       // PEM, issuer chain up to but not including the root
+	Serial      string    `json:"serial"`      // hex
+	NotBefore   time.Time `json:"not_before"`
+	NotAfter    time.Time `json:"not_after"`
+}
+
+// TokenRequest asks the keyserver for a new admission token.
+type TokenRequest struct {
+	Node string   `json:"node"`
+	TTL  Duration `json:"ttl,omitempty"` // 0: the keyserver's default
+	IPs  []string `json:"ips,omitempty"` // source addresses the token may be redeemed from
+}
+
+// TokenResponse carries a new token: the only time its secret is shown.
+type TokenResponse struct {
+	Token string    `json:"token"`
+	Info  TokenInfo `json:"info"`
+}
+
+// TokenInfo describes a token without its secret.
+type TokenInfo struct {
+	ID         string    `json:"id"`
+	Node       string    `json:"node"`
+	IPs        []string  `json:"ips,omitempty"`
+	Creator    string    `json:"creator"`
+	Created    time.Time `json:"created"`
+	Expires    time.Time `json:"expires"`
+	State      string    `json:"state"` // pending, redeemed, revoked, expired
+	RedeemedAt time.Time `json:"redeemed_at,omitzero"`
+}
+
+// TokenList is the answer to GET PathTokens.
+type TokenList struct {
+	Tokens []TokenInfo `json:"tokens"`
+}
+
+// NodeInfo describes an admitted node.
+type NodeInfo struct {
+	Name       string    `json:"name"`
+	IPs        []string  `json:"ips,omitempty"`
+	AdmittedAt time.Time `json:"admitted_at"`
+	Serial     string    `json:"serial"` // the current CGC's serial
+	NotAfter   time.Time `json:"not_after"`
+	NextSerial string    `json:"next_serial,omitempty"` // issued by a renewal, current once the node uses it
+	Renewals   int       `json:"renewals"`
+	RenewedAt  time.Time `json:"renewed_at,omitzero"`
+	Revoked    bool      `json:"revoked,omitempty"`
+	RevokedAt  time.Time `json:"revoked_at,omitzero"`
+}
+
+// NodeList is the answer to GET PathNodes.
+type NodeList struct {
+	Nodes []NodeInfo `json:"nodes"`
+}
+
+// Health is the answer to GET PathHealth.
+type Health struct {
+	Status string `json:"status"` // "ok"
+}
+
+// Error codes: stable, for scripts and clients to act on.
+const (
+	CodeBadRequest       = "bad_request"          // malformed JSON, unknown fields, missing fields
+	CodeBodyTooLarge     = "body_too_large"       // over MaxBodyBytes
+	CodeTokenInvalid     = "token_invalid"        // any token problem: unknown, expired, used, revoked, wrong node
+	CodeCSRInvalid       = "csr_invalid"          // unparsable CSR or bad signature
+	CodeKeyRejected      = "key_rejected"         // weak or unsupported key
+	CodeCertRequired     = "certificate_required" // no client certificate
+	CodeCertInvalid      = "certificate_invalid"  // not from the authority this endpoint needs, or malformed
+	CodeCertExpired      = "certificate_expired"
+	CodeCertSuperseded   = "certificate_superseded" // an older CGC of the node: possible key theft
+	CodeNodeRevoked      = "node_revoked"
+	CodeNotFound         = "not_found"
+	CodeConflict         = "conflict"
+	CodeMethodNotAllowed = "method_not_allowed"
+	CodeInternal         = "internal"
+	CodeUnavailable      = "unavailable"
+)
+
+// ErrorBody is the JSON body of every error answer:
+// {"error":{"code":"token_invalid","message":"..."}}.
+type ErrorBody struct {
+	Error Error `json:"error"`
+}
+
+// Error is an API error as a client sees it.
+type Error struct {
+	Status  int    `json:"-"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("keyserver: %s (%s)", e.Message, e.Code)
+}
+
+// Duration is a time.Duration that travels as text ("1h30m").
+type Duration time.Duration
+
+// Std is d as a time.Duration.
+func (d Duration) Std() time.Duration { return time.Duration(d) }
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("api: %w", err)
+	}
+	*d = Duration(v)
+	return nil
+}

@@ -1,0 +1,233 @@
+package keyserver
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/keysystem/keysystem/authority"
+	"github.com/keysystem/keysystem/keyserver/store"
+)
+
+// FileConfig is the keyserver's configuration file, keyserver.yaml.
+// Relative paths in it are relative to the file's own directory.
+type FileConfig struct {
+	Listen      string      `yaml:"listen"`
+	Names       []string    `yaml:"names"`
+	Authorities string      `yaml:"authorities"` // directory with keygranting/, server/ and admin/
+	Store       StoreConfig `yaml:"store"`
+	AuditLog    string      `yaml:"audit_log"`
+	LogLevel    string      `yaml:"log_level,omitempty"` // debug, info, warn, error
+
+	CGCLifetime    time.Duration `yaml:"cgc_lifetime,omitempty"`
+	AdmissionGrace time.Duration `yaml:"admission_grace,omitempty"`
+	TokenTTL       time.Duration `yaml:"token_ttl,omitempty"`
+	MaxTokenTTL    time.Duration `yaml:"max_token_ttl,omitempty"`
+}
+
+// StoreConfig chooses the store.
+type StoreConfig struct {
+	Type string `yaml:"type"` // "bolt" (embedded, the default)
+	Path string `yaml:"path"`
+}
+
+// decodeYAML decodes exactly one YAML document, refusing unknown keys.
+func decodeYAML(path string, v any) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("%s: empty file", path)
+		}
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+// LoadConfig reads and checks a keyserver configuration file.
+func LoadConfig(path string) (*FileConfig, error) {
+	var c FileConfig
+	if err := decodeYAML(path, &c); err != nil {
+		return nil, fmt.Errorf("keyserver: config %w", err)
+	}
+	base := filepath.Dir(path)
+	rel := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+	rel(&c.Authorities)
+	rel(&c.Store.Path)
+	rel(&c.AuditLog)
+	var problems []error
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		problems = append(problems, fmt.Errorf("listen: %q is not host:port", c.Listen))
+	}
+	if len(c.Names) == 0 {
+		problems = append(problems, errors.New("names: at least one name for the keyserver's certificate is required"))
+	}
+	if c.Authorities == "" {
+		problems = append(problems, errors.New("authorities: a directory is required"))
+	}
+	switch c.Store.Type {
+	case "", "bolt":
+		if c.Store.Path == "" {
+			problems = append(problems, errors.New("store.path: required for the bolt store"))
+		}
+	default:
+		problems = append(problems, fmt.Errorf("store.type: unknown store %q (want bolt)", c.Store.Type))
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		problems = append(problems, err)
+	}
+	if err := errors.Join(problems...); err != nil {
+		return nil, fmt.Errorf("keyserver: config %s: %w", path, err)
+	}
+	return &c, nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if s == "" {
+		return slog.LevelInfo, nil
+	}
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("log_level: %q is not debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// Level is the configured log level.
+func (c *FileConfig) Level() slog.Level {
+	l, _ := parseLevel(c.LogLevel)
+	return l
+}
+
+// Open builds a Server from a configuration file's settings: it loads the
+// authorities and opens the store and the audit log. Close the returned
+// closer after the server has stopped.
+func Open(c *FileConfig, logger *slog.Logger) (*Server, io.Closer, error) {
+	auths := map[string]*authority.Authority{}
+	for _, name := range []string{authority.KeyGranting, authority.Server, authority.Admin} {
+		a, err := authority.Load(filepath.Join(c.Authorities, name), name, authority.Options{})
+		if err != nil {
+			return nil, nil, err
+		}
+		auths[name] = a
+	}
+	st, err := store.OpenBolt(c.Store.Path, store.BoltOptions{})
+	if err != nil {
+		return nil, nil, err
+	}
+	closers := closerFuncs{st.Close}
+	var audit io.Writer = io.Discard
+	if c.AuditLog != "" {
+		f, err := OpenAuditFile(c.AuditLog)
+		if err != nil {
+			closers.Close()
+			return nil, nil, err
+		}
+		audit = f
+		closers = append(closers, f.Close)
+	}
+	srv, err := New(Config{
+		Names:       c.Names,
+		KeyGranting: auths[authority.KeyGranting],
+		Server:      auths[authority.Server],
+		Admin:       auths[authority.Admin],
+		Store:       st,
+		CGCLifetime: c.CGCLifetime,
+		Grace:       c.AdmissionGrace,
+		TokenTTL:    c.TokenTTL,
+		MaxTokenTTL: c.MaxTokenTTL,
+		Audit:       audit,
+		Logger:      logger,
+	})
+	if err != nil {
+		closers.Close()
+		return nil, nil, err
+	}
+	return srv, closers, nil
+}
+
+type closerFuncs []func() error
+
+func (cs closerFuncs) Close() error {
+	var errs []error
+	for _, c := range cs {
+		errs = append(errs, c())
+	}
+	return errors.Join(errs...)
+}
+
+// AdminConfig is keyctl's configuration: where the keyserver is, how to
+// recognise it, and the administrator's client credential. Relative paths
+// are relative to the file's own directory.
+type AdminConfig struct {
+	Servers  []string `yaml:"servers"`   // https:// URLs
+	ServerCA string   `yaml:"server_ca"` // the server authority's root certificate
+	Cert     string   `yaml:"cert"`      // administrator's certificate (and chain)
+	Key      string   `yaml:"key"`
+}
+
+// LoadAdminConfig reads keyctl's configuration file.
+func LoadAdminConfig(path string) (*AdminConfig, error) {
+	var c AdminConfig
+	if err := decodeYAML(path, &c); err != nil {
+		return nil, fmt.Errorf("keyctl: config %w", err)
+	}
+	if len(c.Servers) == 0 || c.ServerCA == "" || c.Cert == "" || c.Key == "" {
+		return nil, fmt.Errorf("keyctl: config %s: servers, server_ca, cert and key are all required", path)
+	}
+	base := filepath.Dir(path)
+	for _, p := range []*string{&c.ServerCA, &c.Cert, &c.Key} {
+		if !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+	return &c, nil
+}
+
+// ServerRoot reads the keyserver's trust anchor named by the config.
+func (c *AdminConfig) ServerRoot() (*x509.Certificate, error) {
+	data, err := os.ReadFile(c.ServerCA)
+	if err != nil {
+		return nil, fmt.Errorf("keyctl: %w", err)
+	}
+	root, err := x509.ParseCertificate(pemBlock(data))
+	if err != nil {
+		return nil, fmt.Errorf("keyctl: %s: %w", c.ServerCA, err)
+	}
+	return root, nil
+}
+
+// TLSConfig is the client side of an administrator's mutual TLS: the
+// keyserver is verified against server_ca, and the admin certificate is
+// presented.
+func (c *AdminConfig) TLSConfig() (*tls.Config, error) {
+	root, err := c.ServerRoot()
+	if err != nil {
+		return nil, err
+	}
+	pair, err := tls.LoadX509KeyPair(c.Cert, c.Key)
+	if err != nil {
+		return nil, fmt.Errorf("keyctl: admin credential: %w", err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(root)
+	return &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool, Certificates: []tls.Certificate{pair}}, nil
+}

@@ -1,0 +1,371 @@
+package keyserver
+
+import (
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/keysystem/keysystem/admission"
+	"github.com/keysystem/keysystem/authority"
+	"github.com/keysystem/keysystem/keyserver/api"
+	"github.com/keysystem/keysystem/tokens"
+)
+
+func (s *Server) routes() {
+	m := http.NewServeMux()
+	m.HandleFunc("GET "+api.PathHealth, s.handleHealth)
+	m.HandleFunc("GET "+api.PathCA+"{authority}", s.handleCA)
+	m.HandleFunc("POST "+api.PathAdmit, s.handleAdmit)
+	m.HandleFunc("POST "+api.PathRenew, s.node(s.handleRenew))
+	m.HandleFunc("GET "+api.PathNode, s.node(s.handleSelf))
+	m.HandleFunc("POST "+api.PathTokens, s.admin(s.handleTokenIssue))
+	m.HandleFunc("GET "+api.PathTokens, s.admin(s.handleTokenList))
+	m.HandleFunc("POST "+api.PathTokens+"/{id}"+api.PathRevoke, s.admin(s.handleTokenRevoke))
+	m.HandleFunc("GET "+api.PathNodes, s.admin(s.handleNodeList))
+	m.HandleFunc("POST "+api.PathNodes+"/{name}"+api.PathRevoke, s.admin(s.handleNodeRevoke))
+	s.mux = m
+}
+
+// ServeHTTP bounds every request body and answers unknown routes in JSON.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, api.MaxBodyBytes)
+	h, pattern := s.mux.Handler(r)
+	if pattern == "" {
+		// The mux's own 404/405 answers are plain text; ours are JSON.
+		rec := &statusRecorder{header: http.Header{}}
+		h.ServeHTTP(rec, r)
+		code, status := api.CodeNotFound, http.StatusNotFound
+		if rec.status == http.StatusMethodNotAllowed {
+			code, status = api.CodeMethodNotAllowed, http.StatusMethodNotAllowed
+			w.Header().Set("Allow", rec.header.Get("Allow"))
+		}
+		writeError(w, &api.Error{Status: status, Code: code, Message: http.StatusText(status)})
+		return
+	}
+	h.ServeHTTP(w, r)
+}
+
+type statusRecorder struct {
+	header http.Header
+	status int
+}
+
+func (r *statusRecorder) Header() http.Header         { return r.header }
+func (r *statusRecorder) Write(b []byte) (int, error) { return len(b), nil }
+func (r *statusRecorder) WriteHeader(status int)      { r.status = status }
+
+// decode reads exactly one JSON object into v, refusing unknown fields,
+// trailing data and bodies over the limit.
+func decode(r *http.Request, v any) *api.Error {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil && dec.More() {
+		err = errors.New("trailing data after the JSON object")
+	}
+	if err == nil {
+		if _, e := dec.Token(); e != io.EOF {
+			err = errors.New("trailing data after the JSON object")
+		}
+	}
+	var tooBig *http.MaxBytesError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &tooBig):
+		return &api.Error{Status: http.StatusRequestEntityTooLarge, Code: api.CodeBodyTooLarge, Message: fmt.Sprintf("request body over %d bytes", api.MaxBodyBytes)}
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return &api.Error{Status: http.StatusBadRequest, Code: api.CodeBadRequest, Message: "request body is empty or truncated"}
+	}
+	return &api.Error{Status: http.StatusBadRequest, Code: api.CodeBadRequest, Message: "malformed request: " + err.Error()}
+}
+
+func remoteAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		a, _ := netip.ParseAddr(host)
+		return a.Unmap()
+	}
+	return ap.Addr().Unmap()
+}
+
+// node wraps a handler that only a node holding a current CGC may call.
+func (s *Server) node(h func(http.ResponseWriter, *http.Request, *admission.Caller)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		chain := peerChain(r)
+		if len(chain) == 0 {
+			s.deny(w, r, "", &api.Error{Status: http.StatusUnauthorized, Code: api.CodeCertRequired, Message: "a client certificate (the node's CGC) is required"}, "no client certificate")
+			return
+		}
+		caller, err := s.adm.Authenticate(r.Context(), chain)
+		if err != nil {
+			ev := EventAuthDeny
+			if errors.Is(err, admission.ErrCertSuperseded) {
+				ev = EventKeyTheft
+			}
+			s.recordDeny(r, ev, chain[0].Subject.CommonName, admission.SerialHex(chain[0]), err)
+			writeError(w, apiError(err))
+			return
+		}
+		h(w, r, caller)
+	}
+}
+
+// admin wraps a handler that only an administrator may call; it passes the
+// administrator's name.
+func (s *Server) admin(h func(http.ResponseWriter, *http.Request, string)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		chain := peerChain(r)
+		if len(chain) == 0 {
+			s.deny(w, r, "", &api.Error{Status: http.StatusUnauthorized, Code: api.CodeCertRequired, Message: "an administrator's client certificate is required"}, "no client certificate")
+			return
+		}
+		if err := s.cfg.Admin.Verify(chain[0], x509.ExtKeyUsageClientAuth); err != nil {
+			e := &api.Error{Status: http.StatusForbidden, Code: api.CodeCertInvalid, Message: "client certificate not accepted for this endpoint"}
+			var inv x509.CertificateInvalidError
+			if errors.As(err, &inv) && inv.Reason == x509.Expired {
+				e = &api.Error{Status: http.StatusUnauthorized, Code: api.CodeCertExpired, Message: "client certificate expired or not yet valid"}
+			}
+			s.deny(w, r, chain[0].Subject.CommonName, e, err.Error())
+			return
+		}
+		h(w, r, chain[0].Subject.CommonName)
+	}
+}
+
+func peerChain(r *http.Request) []*x509.Certificate {
+	if r.TLS == nil {
+		return nil
+	}
+	return r.TLS.PeerCertificates
+}
+
+func (s *Server) deny(w http.ResponseWriter, r *http.Request, subject string, e *api.Error, reason string) {
+	s.record(AuditEvent{Event: EventAuthDeny, Actor: subject, Remote: r.RemoteAddr, Code: e.Code, Reason: r.Method + " " + r.URL.Path + ": " + reason})
+	writeError(w, e)
+}
+
+func (s *Server) recordDeny(r *http.Request, event, node, serial string, err error) {
+	s.record(AuditEvent{Event: event, Node: node, Serial: serial, Remote: r.RemoteAddr, Code: apiError(err).Code, Reason: r.Method + " " + r.URL.Path + ": " + err.Error()})
+	if !isClientError(err) {
+		s.log.Error("request failed", "path", r.URL.Path, "err", err)
+	}
+}
+
+func isClientError(err error) bool { return apiError(err) != errInternal }
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, api.Health{Status: "ok"})
+}
+
+// handleCA serves an authority's public certificates, root last, as PEM.
+func (s *Server) handleCA(w http.ResponseWriter, r *http.Request) {
+	var a *authority.Authority
+	switch r.PathValue("authority") {
+	case authority.KeyGranting:
+		a = s.cfg.KeyGranting
+	case authority.Server:
+		a = s.cfg.Server
+	case authority.Admin:
+		a = s.cfg.Admin
+	default:
+		writeError(w, &api.Error{Status: http.StatusNotFound, Code: api.CodeNotFound, Message: "no such authority"})
+		return
+	}
+	w.Header().Set("Content-Type", "application/pem-certificate-chain")
+	w.Write(authority.EncodePEM(append(slices.Clone(a.Chain()), a.Root())...))
+}
+
+func (s *Server) handleAdmit(w http.ResponseWriter, r *http.Request) {
+	var req api.AdmitRequest
+	if e := decode(r, &req); e != nil {
+		s.record(AuditEvent{Event: EventAdmitDeny, Remote: r.RemoteAddr, Code: e.Code, Reason: e.Message})
+		writeError(w, e)
+		return
+	}
+	// The token's public id is safe to audit; its secret never is.
+	var tokenID string
+	if t, err := tokens.Parse(req.Token); err == nil {
+		tokenID = t.ID
+	}
+	issued, err := s.adm.Admit(r.Context(), admission.AdmitRequest{
+		Token:  req.Token,
+		Node:   req.Node,
+		CSR:    []byte(req.CSR),
+		Source: remoteAddr(r),
+	})
+	if err != nil {
+		s.record(AuditEvent{Event: EventAdmitDeny, Node: req.Node, TokenID: tokenID, Remote: r.RemoteAddr, Code: apiError(err).Code, Reason: err.Error()})
+		if !isClientError(err) {
+			s.log.Error("admission failed", "err", err)
+		}
+		writeError(w, apiError(err))
+		return
+	}
+	ev := EventAdmit
+	if issued.Replay {
+		ev = EventAdmitReplay
+	}
+	s.record(AuditEvent{Event: ev, Node: issued.Node, TokenID: tokenID, Serial: admission.SerialHex(issued.Cert), Remote: r.RemoteAddr})
+	s.log.Info("node admitted", "node", issued.Node, "token_id", tokenID, "serial", admission.SerialHex(issued.Cert), "replay", issued.Replay)
+	writeJSON(w, http.StatusOK, certResponse(issued))
+}
+
+func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request, caller *admission.Caller) {
+	var req api.RenewRequest
+	if e := decode(r, &req); e != nil {
+		s.record(AuditEvent{Event: EventRenewDeny, Actor: "node:" + caller.Node.Name, Node: caller.Node.Name, Remote: r.RemoteAddr, Code: e.Code, Reason: e.Message})
+		writeError(w, e)
+		return
+	}
+	issued, err := s.adm.Renew(r.Context(), caller, []byte(req.CSR))
+	if err != nil {
+		ev := EventRenewDeny
+		if errors.Is(err, admission.ErrCertSuperseded) {
+			ev = EventKeyTheft
+		}
+		s.recordDeny(r, ev, caller.Node.Name, caller.Serial, err)
+		writeError(w, apiError(err))
+		return
+	}
+	s.record(AuditEvent{Event: EventRenew, Actor: "node:" + issued.Node, Node: issued.Node, Serial: admission.SerialHex(issued.Cert), Remote: r.RemoteAddr, Reason: "replaces " + caller.Serial})
+	writeJSON(w, http.StatusOK, certResponse(issued))
+}
+
+func (s *Server) handleSelf(w http.ResponseWriter, r *http.Request, caller *admission.Caller) {
+	writeJSON(w, http.StatusOK, nodeInfo(caller.Node))
+}
+
+func (s *Server) handleTokenIssue(w http.ResponseWriter, r *http.Request, admin string) {
+	var req api.TokenRequest
+	if e := decode(r, &req); e != nil {
+		writeError(w, e)
+		return
+	}
+	tok, rec, err := s.adm.IssueToken(r.Context(), admission.TokenSpec{
+		Node:    strings.TrimSpace(req.Node),
+		TTL:     req.TTL.Std(),
+		IPs:     req.IPs,
+		Creator: admin,
+	})
+	if err != nil {
+		if !isClientError(err) {
+			s.log.Error("issuing token", "err", err)
+		}
+		writeError(w, apiError(err))
+		return
+	}
+	s.record(AuditEvent{Event: EventTokenIssue, Actor: "admin:" + admin, Node: rec.Node, TokenID: rec.ID, Remote: r.RemoteAddr, Reason: "expires " + rec.Expires.UTC().Format("2006-01-02T15:04:05Z")})
+	writeJSON(w, http.StatusCreated, api.TokenResponse{Token: tok.String(), Info: tokenInfo(rec, s.cfg.Now())})
+}
+
+func (s *Server) handleTokenList(w http.ResponseWriter, r *http.Request, admin string) {
+	recs, err := s.adm.ListTokens(r.Context())
+	if err != nil {
+		s.log.Error("listing tokens", "err", err)
+		writeError(w, apiError(err))
+		return
+	}
+	out := api.TokenList{Tokens: make([]api.TokenInfo, 0, len(recs))}
+	now := s.cfg.Now()
+	for _, rec := range recs {
+		out.Tokens = append(out.Tokens, tokenInfo(rec, now))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleTokenRevoke(w http.ResponseWriter, r *http.Request, admin string) {
+	id := r.PathValue("id")
+	if !tokens.ValidID(id) {
+		writeError(w, &api.Error{Status: http.StatusBadRequest, Code: api.CodeBadRequest, Message: "malformed token id"})
+		return
+	}
+	rec, err := s.adm.RevokeToken(r.Context(), id)
+	if err != nil {
+		writeError(w, apiError(err))
+		return
+	}
+	s.record(AuditEvent{Event: EventTokenRevoke, Actor: "admin:" + admin, Node: rec.Node, TokenID: id, Remote: r.RemoteAddr})
+	writeJSON(w, http.StatusOK, tokenInfo(rec, s.cfg.Now()))
+}
+
+func (s *Server) handleNodeList(w http.ResponseWriter, r *http.Request, admin string) {
+	nodes, err := s.adm.ListNodes(r.Context())
+	if err != nil {
+		s.log.Error("listing nodes", "err", err)
+		writeError(w, apiError(err))
+		return
+	}
+	out := api.NodeList{Nodes: make([]api.NodeInfo, 0, len(nodes))}
+	for _, n := range nodes {
+		out.Nodes = append(out.Nodes, nodeInfo(n))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleNodeRevoke(w http.ResponseWriter, r *http.Request, admin string) {
+	name := r.PathValue("name")
+	n, err := s.adm.RevokeNode(r.Context(), name)
+	if err != nil {
+		if !isClientError(err) {
+			s.log.Error("revoking node", "node", name, "err", err)
+		}
+		writeError(w, apiError(err))
+		return
+	}
+	s.record(AuditEvent{Event: EventNodeRevoke, Actor: "admin:" + admin, Node: name, Serial: n.Serial, Remote: r.RemoteAddr})
+	s.log.Info("node revoked", "node", name, "by", admin)
+	writeJSON(w, http.StatusOK, nodeInfo(n))
+}
+
+func certResponse(iss *admission.Issued) api.CertificateResponse {
+	return api.CertificateResponse{
+		Node:        iss.Node,
+		Certificate: string(authority.EncodePEM(iss.Cert)),
+		Chain:       string(authority.EncodePEM(iss.Chain...)),
+		Serial:      admission.SerialHex(iss.Cert),
+		NotBefore:   iss.Cert.NotBefore,
+		NotAfter:    iss.Cert.NotAfter,
+	}
+}
+
+func tokenInfo(r tokens.Record, now time.Time) api.TokenInfo {
+	state := string(r.State)
+	if r.State == tokens.StatePending && !now.Before(r.Expires) {
+		state = "expired"
+	}
+	return api.TokenInfo{
+		ID:         r.ID,
+		Node:       r.Node,
+		IPs:        r.IPs,
+		Creator:    r.Creator,
+		Created:    r.Created,
+		Expires:    r.Expires,
+		State:      state,
+		RedeemedAt: r.RedeemedAt,
+	}
+}
+
+func nodeInfo(n admission.Node) api.NodeInfo {
+	return api.NodeInfo{
+		Name:       n.Name,
+		IPs:        n.IPs,
+		AdmittedAt: n.AdmittedAt,
+		Serial:     n.Serial,
+		NotAfter:   n.NotAfter,
+		NextSerial: n.Next,
+		Renewals:   n.Renewals,
+		RenewedAt:  n.RenewedAt,
+		Revoked:    n.Revoked,
+		RevokedAt:  n.RevokedAt,
+	}
+}

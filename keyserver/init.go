@@ -1,0 +1,224 @@
+package keyserver
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/keysystem/keysystem/authority"
+	"github.com/keysystem/keysystem/authority/keyfile"
+)
+
+// Files that Init writes, relative to its directory.
+const (
+	ConfigFile      = "keyserver.yaml"
+	AdminConfigFile = "keyctl.yaml"
+	AuthoritiesDir  = "authorities"
+	AdminDir        = "admin"
+	StoreFile       = "keyserver.db"
+	AuditFile       = "audit.log"
+)
+
+// AdminCertLifetime is the lifetime of the administrator certificate that
+// Init writes.
+const AdminCertLifetime = 365 * 24 * time.Hour
+
+// InitOptions say what keyserver directory Init writes.
+type InitOptions struct {
+	Dir          string
+	Listen       string   // host:port the keyserver listens on
+	Names        []string // extra DNS names or IPs for its certificate
+	KeyType      authority.KeyType
+	Intermediate bool // sign with intermediates under offline-able roots
+}
+
+// Authorities are the three built-in authorities.
+type Authorities struct {
+	KeyGranting, Server, Admin *authority.Authority
+}
+
+// GenerateAuthorities creates the three built-in authorities in memory.
+func GenerateAuthorities(kt authority.KeyType, intermediate bool) (*Authorities, error) {
+	var as Authorities
+	for _, a := range []struct {
+		name string
+		dst  **authority.Authority
+	}{{authority.KeyGranting, &as.KeyGranting}, {authority.Server, &as.Server}, {authority.Admin, &as.Admin}} {
+		ca, err := authority.Generate(authority.Config{Name: "keysystem " + a.name, KeyType: kt, Intermediate: intermediate})
+		if err != nil {
+			return nil, err
+		}
+		*a.dst = ca
+	}
+	return &as, nil
+}
+
+// ServerNames is the list of names the keyserver's certificate carries:
+// the given names, then the listen host when it is specific, then loopback
+// names when nothing else was given.
+func ServerNames(listen string, names []string) ([]string, error) {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return nil, fmt.Errorf("keyserver: listen address %q: %w", listen, err)
+	}
+	out := slices.Clone(names)
+	if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) && !slices.Contains(out, host) {
+		out = append(out, host)
+	}
+	if len(out) == 0 {
+		out = []string{"localhost", "127.0.0.1", "::1"}
+	}
+	return out, nil
+}
+
+// ServerURL is the URL clients use to reach a keyserver listening on
+// listen and named names[0].
+func ServerURL(listen string, names []string) string {
+	host, port, _ := net.SplitHostPort(listen)
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = names[0]
+	}
+	return (&url.URL{Scheme: "https", Host: net.JoinHostPort(host, port)}).String()
+}
+
+// Init writes a complete keyserver directory: the three authorities, an
+// administrator credential, keyserver.yaml and keyctl.yaml. It refuses a
+// directory that already holds a keyserver.
+func Init(opts InitOptions) error {
+	if opts.Dir == "" || opts.Listen == "" {
+		return errors.New("keyserver: init needs a directory and a listen address")
+	}
+	if _, err := os.Stat(filepath.Join(opts.Dir, ConfigFile)); err == nil {
+		return fmt.Errorf("keyserver: %s already holds a keyserver (%s exists); refusing to overwrite its keys", opts.Dir, ConfigFile)
+	}
+	names, err := ServerNames(opts.Listen, opts.Names)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+		return fmt.Errorf("keyserver: %w", err)
+	}
+	as, err := GenerateAuthorities(opts.KeyType, opts.Intermediate)
+	if err != nil {
+		return err
+	}
+	for name, a := range map[string]*authority.Authority{authority.KeyGranting: as.KeyGranting, authority.Server: as.Server, authority.Admin: as.Admin} {
+		if err := a.Save(filepath.Join(opts.Dir, AuthoritiesDir, name)); err != nil {
+			return err
+		}
+	}
+	var quoted []string
+	for _, n := range names {
+		quoted = append(quoted, strconv.Quote(n))
+	}
+	conf := fmt.Sprintf(configTemplate, strconv.Quote(opts.Listen), strings.Join(quoted, ", "),
+		AuthoritiesDir, StoreFile, AuditFile)
+	if err := keyfile.Write(filepath.Join(opts.Dir, ConfigFile), []byte(conf), 0o600); err != nil {
+		return fmt.Errorf("keyserver: %w", err)
+	}
+	return WriteAdminCredential(opts.Dir, as.Admin, as.Server, []string{ServerURL(opts.Listen, names)})
+}
+
+const configTemplate = `# keyserver configuration, written by keyctl init.
+# Relative paths are relative to this file's directory.
+
+listen: %s
+# Names (DNS names or IP addresses) in the keyserver's TLS certificate:
+# every name nodes and administrators use to reach it.
+names: [%s]
+
+# keygranting/ (signs nodes' CGCs), server/ (signs this server's TLS
+# certificate) and admin/ (signs administrators' certificates). With an
+# intermediate, the root key may be moved offline.
+authorities: %s
+
+store:
+  type: bolt            # the embedded single-file store
+  path: %s
+audit_log: %s           # append-only JSON lines: every issue, admit, deny, renew, revoke
+log_level: info
+
+cgc_lifetime: 720h      # certificate-granting certificates live 30 days; nodes renew at ~2/3
+admission_grace: 10m    # a node whose answer was lost may retry its token with the same key
+token_ttl: 1h           # default lifetime of an admission token
+max_token_ttl: 168h     # longest lifetime keyctl token issue --ttl may ask for
+`
+
+// WriteAdminCredential issues an administrator certificate and writes it,
+// its key, the keyserver's trust anchor and keyctl.yaml into dir.
+func WriteAdminCredential(dir string, admin, server *authority.Authority, servers []string) error {
+	key, err := authority.GenerateKey(authority.ECDSAP256)
+	if err != nil {
+		return err
+	}
+	cert, err := admin.Sign(authority.Request{
+		PublicKey:   key.Public(),
+		CommonName:  "admin",
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		Lifetime:    AdminCertLifetime,
+	})
+	if err != nil {
+		return err
+	}
+	keyPEM, err := authority.EncodeKeyPEM(key)
+	if err != nil {
+		return err
+	}
+	adir := filepath.Join(dir, AdminDir)
+	if err := os.MkdirAll(adir, 0o700); err != nil {
+		return fmt.Errorf("keyserver: %w", err)
+	}
+	files := []struct {
+		name string
+		data []byte
+		perm os.FileMode
+	}{
+		{"admin.key", keyPEM, 0o600},
+		{"admin.crt", authority.EncodePEM(append([]*x509.Certificate{cert}, admin.Chain()...)...), 0o644},
+		{"keyserver-ca.crt", authority.EncodePEM(server.Root()), 0o644},
+	}
+	for _, f := range files {
+		if err := keyfile.Write(filepath.Join(adir, f.name), f.data, f.perm); err != nil {
+			return err
+		}
+	}
+	ac := AdminConfig{
+		Servers:  servers,
+		ServerCA: filepath.Join(AdminDir, "keyserver-ca.crt"),
+		Cert:     filepath.Join(AdminDir, "admin.crt"),
+		Key:      filepath.Join(AdminDir, "admin.key"),
+	}
+	return writeYAML(filepath.Join(dir, AdminConfigFile), "keyctl configuration: the administrator's credential; keep it as secret as the keys it names", ac)
+}
+
+func writeYAML(path, comment string, v any) error {
+	data, err := yaml.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("keyserver: %w", err)
+	}
+	data = append([]byte("# "+comment+"\n"), data...)
+	if err := keyfile.Write(path, data, 0o600); err != nil {
+		return fmt.Errorf("keyserver: %w", err)
+	}
+	return nil
+}
+
+// pemBlock returns the bytes of the first PEM block in data, or data
+// itself when it holds no PEM.
+func pemBlock(data []byte) []byte {
+	if b, _ := pem.Decode(data); b != nil {
+		return b.Bytes
+	}
+	return data
+}

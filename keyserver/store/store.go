@@ -1,0 +1,73 @@
+// Package store is the keyserver's persistent state: a small key/value
+// contract with atomic multi-key transactions, and its implementations.
+//
+// The contract, which every implementation must honour and which the
+// conformance suite in storetest checks:
+//
+//   - Keys are non-empty UTF-8 strings; by convention they are
+//     slash-separated paths such as "tokens/<id>" or "nodes/<name>".
+//     Values are opaque bytes; an empty value is a present value.
+//   - Get returns ErrNotFound (test with errors.Is) when the key is absent.
+//   - List returns every pair whose key starts with prefix, sorted by key.
+//   - Txn is atomic and linearizable: either every condition holds and every
+//     operation is applied, or ErrConflict is returned and nothing changes.
+//     Of any number of concurrent Txn calls whose conditions are mutually
+//     exclusive, exactly one succeeds. Once Txn returns nil, the write is
+//     durable: it survives a crash of the process or the machine.
+//   - Values passed in and returned are never retained or shared: callers
+//     may modify them freely.
+//   - Every call honours ctx: a cancelled context returns ctx.Err() (wrapped)
+//     without starting the operation. An operation already committed is not
+//     undone by a later cancellation.
+//   - All methods are safe for concurrent use.
+//
+// The store imports nothing else of this module: it sits at the ground of
+// the dependency graph, and the packages that need storage declare the few
+// methods they use.
+package store
+
+import (
+	"context"
+	"errors"
+)
+
+// ErrNotFound is returned by Get when the key is absent.
+var ErrNotFound = errors.New("store: not found")
+
+// ErrConflict is returned by Txn when a condition does not hold.
+var ErrConflict = errors.New("store: condition failed")
+
+// KV is one key and its value.
+type KV struct {
+	Key   string
+	Value []byte
+}
+
+// Cond is a condition of a transaction: the key's current value must equal
+// Value byte for byte, or, when Absent is set, the key must not exist.
+type Cond struct {
+	Key    string
+	Value  []byte
+	Absent bool
+}
+
+// Op is a write of a transaction: Value is stored at Key, or the key is
+// removed when Delete is set (removing an absent key is not an error).
+type Op struct {
+	Key    string
+	Value  []byte
+	Delete bool
+}
+
+// Store is the storage contract described in the package comment.
+type Store interface {
+	Get(ctx context.Context, key string) ([]byte, error)
+	List(ctx context.Context, prefix string) ([]KV, error)
+	Txn(ctx context.Context, conds []Cond, ops []Op) error
+	Close() error
+}
+
+// Put stores value at key unconditionally.
+func Put(ctx context.Context, s Store, key string, value []byte) error {
+	return s.Txn(ctx, nil, []Op{{Key: key, Value: value}})
+}

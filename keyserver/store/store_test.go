@@ -1,0 +1,110 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keysystem/keysystem/keyserver/store"
+	"github.com/keysystem/keysystem/keyserver/store/storetest"
+)
+
+func TestMemory(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store { return store.NewMemory() })
+}
+
+func TestBolt(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		return openBolt(t, t.TempDir())
+	})
+	storetest.RunDurable(t, openBolt)
+}
+
+func openBolt(t *testing.T, dir string) store.Store {
+	t.Helper()
+	s, err := store.OpenBolt(filepath.Join(dir, "keyserver.db"), store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestBoltInUse(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keyserver.db")
+	opts := store.BoltOptions{Timeout: 100 * time.Millisecond}
+	s, err := store.OpenBolt(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+
+	start := time.Now()
+	s2, err := store.OpenBolt(path, opts)
+	if err == nil {
+		s2.Close()
+		t.Fatal("second OpenBolt of an open file succeeded")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("second OpenBolt took %v to fail", d)
+	}
+	if !strings.Contains(err.Error(), "in use by another process") {
+		t.Errorf("second OpenBolt: error %q does not say the store is in use", err)
+	}
+
+	// Once the first is closed, the file opens again.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2, err = store.OpenBolt(path, opts)
+	if err != nil {
+		t.Fatalf("OpenBolt after Close: %v", err)
+	}
+	s2.Close()
+}
+
+// The two benchmarks compare Txn from one goroutine, where each commit
+// waits alone for its fsync, with Txn from many, whose commits bbolt's
+// Batch coalesces.
+
+func BenchmarkBoltTxnSerial(b *testing.B) {
+	s := benchBolt(b)
+	ctx := context.Background()
+	i := 0
+	for b.Loop() {
+		if err := store.Put(ctx, s, fmt.Sprintf("k/%d", i), []byte("value")); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
+
+func BenchmarkBoltTxnParallel(b *testing.B) {
+	s := benchBolt(b)
+	ctx := context.Background()
+	var n atomic.Int64
+	// Writers wait on the disk, not the CPU: run many per CPU, as a
+	// server does for concurrent requests.
+	b.SetParallelism(16)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			key := fmt.Sprintf("k/%d", n.Add(1))
+			if err := store.Put(ctx, s, key, []byte("value")); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+func benchBolt(b *testing.B) *store.Bolt {
+	s, err := store.OpenBolt(filepath.Join(b.TempDir(), "bench.db"), store.BoltOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	return s
+}
