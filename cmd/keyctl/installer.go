@@ -1,0 +1,64 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/keysystem/keysystem/authority"
+	"github.com/keysystem/keysystem/keyclient"
+	"github.com/keysystem/keysystem/tokens"
+)
+
+func cmdInstaller(e *env, args []string) error {
+	fs := e.flags("installer")
+	node := fs.String("node", "", "node name (required)")
+	stateDir := fs.String("state-dir", "/var/lib/keyclient", "the node's keyclient state directory")
+	ttl := fs.Duration("ttl", 0, "lifetime of the fresh token (default: the keyserver's, 1h)")
+	var ips multi
+	fs.Var(&ips, "ip", "source address the token may be redeemed from (repeatable)")
+	token := fs.String("token", "", "use this already issued token instead of issuing a fresh one")
+	if _, err := parse(fs, args, 0, "no arguments"); err != nil {
+		return err
+	}
+	if *node == "" {
+		return usageError{fmt.Errorf("installer: --node is required")}
+	}
+	if *token != "" {
+		if _, err := tokens.Parse(*token); err != nil {
+			return usageError{fmt.Errorf("installer: --token: %w", err)}
+		}
+	}
+	c, err := e.client()
+	if err != nil {
+		return err
+	}
+	root, err := c.cfg.ServerRoot()
+	if err != nil {
+		return usageError{err}
+	}
+	id := "given with --token"
+	if *token == "" {
+		resp, err := issueToken(e, c, *node, *ttl, ips)
+		if err != nil {
+			return err
+		}
+		*token, id = resp.Token, resp.Info.ID+", valid until "+resp.Info.Expires.UTC().Format("2006-01-02 15:04:05Z")
+	}
+	cfg := keyclient.Config{
+		Node:        *node,
+		Servers:     c.cfg.Servers,
+		TrustAnchor: authority.SPKIPin(root),
+		Token:       *token,
+		StateDir:    *stateDir,
+	}
+	if err := cfg.Check(); err != nil {
+		return err
+	}
+	out, err := cfg.Marshal(fmt.Sprintf(`keyclient configuration for node %s, written by keyctl installer.
+The token (%s) works once; keep this file as secret as the token until the node is admitted.
+Run: keyclient once --config THIS_FILE   (then keyclient run --config THIS_FILE)`, *node, id))
+	if err != nil {
+		return err
+	}
+	_, err = e.stdout.Write(out)
+	return err
+}

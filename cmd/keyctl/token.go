@@ -1,0 +1,92 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/keysystem/keysystem/keyserver/api"
+)
+
+// issueToken asks the keyserver for a token.
+func issueToken(e *env, c *adminClient, node string, ttl time.Duration, ips []string) (*api.TokenResponse, error) {
+	var resp api.TokenResponse
+	err := c.do(e, "POST", api.PathTokens, api.TokenRequest{Node: node, TTL: api.Duration(ttl), IPs: ips}, &resp)
+	return &resp, err
+}
+
+func cmdTokenIssue(e *env, args []string) error {
+	fs := e.flags("token issue")
+	node := fs.String("node", "", "node name the token admits (required)")
+	ttl := fs.Duration("ttl", 0, "token lifetime (default: the keyserver's, 1h)")
+	var ips multi
+	fs.Var(&ips, "ip", "source address the token may be redeemed from (repeatable)")
+	if _, err := parse(fs, args, 0, "no arguments"); err != nil {
+		return err
+	}
+	if *node == "" {
+		return usageError{fmt.Errorf("token issue: --node is required")}
+	}
+	c, err := e.client()
+	if err != nil {
+		return err
+	}
+	resp, err := issueToken(e, c, *node, *ttl, ips)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, resp.Token)
+	fmt.Fprintf(e.stderr, "token %s for node %s, valid until %s; it is shown only this once\n",
+		resp.Info.ID, resp.Info.Node, resp.Info.Expires.Local().Format(time.RFC3339))
+	return nil
+}
+
+func cmdTokenList(e *env, args []string) error {
+	fs := e.flags("token list")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := parse(fs, args, 0, "no arguments"); err != nil {
+		return err
+	}
+	c, err := e.client()
+	if err != nil {
+		return err
+	}
+	var list api.TokenList
+	if err := c.do(e, "GET", api.PathTokens, nil, &list); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(e, list)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tNODE\tSTATE\tEXPIRES\tCREATOR")
+	for _, t := range list.Tokens {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.ID, t.Node, t.State, t.Expires.Local().Format(time.RFC3339), t.Creator)
+	}
+	return tw.Flush()
+}
+
+func cmdTokenRevoke(e *env, args []string) error {
+	fs := e.flags("token revoke")
+	rest, err := parse(fs, args, 1, "one token ID")
+	if err != nil {
+		return err
+	}
+	c, err := e.client()
+	if err != nil {
+		return err
+	}
+	var info api.TokenInfo
+	if err := c.do(e, "POST", api.PathTokens+"/"+rest[0]+api.PathRevoke, nil, &info); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "token %s for node %s: %s\n", info.ID, info.Node, info.State)
+	return nil
+}
+
+func printJSON(e *env, v any) error {
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

@@ -1,0 +1,145 @@
+// Command keyserver serves the keysystem's HTTPS API.
+//
+//	keyserver --config DIR/keyserver.yaml
+//	keyserver --dev [--listen 127.0.0.1:8443] [--dir ./keysystem-dev]
+//
+// Exit codes: 0 after a clean shutdown (SIGTERM or SIGINT), 1 when serving
+// failed, 2 for bad usage or configuration.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/keysystem/keysystem/admission"
+	"github.com/keysystem/keysystem/keyserver"
+	"github.com/keysystem/keysystem/keyserver/store"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+type usageError struct{ error }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	err := serve(ctx, args, stdout, stderr)
+	var ue usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintln(stderr, "keyserver:", err)
+		return 2
+	}
+	fmt.Fprintln(stderr, "keyserver:", err)
+	return 1
+}
+
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("keyserver", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	config := fs.String("config", "", "keyserver configuration file (written by `keyctl init`)")
+	dev := fs.Bool("dev", false, "development mode: fresh in-memory authorities and store, nothing to set up")
+	listen := fs.String("listen", "127.0.0.1:8443", "with --dev: address to listen on")
+	dir := fs.String("dir", "keysystem-dev", "with --dev: directory for the admin credential (keyctl.yaml)")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage:\n  keyserver --config DIR/keyserver.yaml\n  keyserver --dev [--listen ADDR] [--dir DIR]\n\nFlags:\n")
+		fs.PrintDefaults()
+		fmt.Fprintf(stderr, "\nExit codes: 0 clean shutdown, 1 failure, 2 bad usage or configuration.\n")
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
+	}
+	if fs.NArg() > 0 || (*config == "") == !*dev {
+		fs.Usage()
+		return usageError{errors.New("give either --config FILE or --dev")}
+	}
+	if *dev {
+		return serveDev(ctx, *listen, *dir, stdout, stderr)
+	}
+	fc, err := keyserver.LoadConfig(*config)
+	if err != nil {
+		return usageError{err}
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: fc.Level()}))
+	srv, closer, err := keyserver.Open(fc, logger)
+	if err != nil {
+		return err
+	}
+	defer closer.Close()
+	l, err := net.Listen("tcp", fc.Listen)
+	if err != nil {
+		return err
+	}
+	logger.Info("keyserver listening", "addr", l.Addr().String(), "names", fc.Names, "store", fc.Store.Path)
+	return srv.Serve(ctx, l)
+}
+
+// serveDev runs a throw-away keyserver (seed 003: an embedded CA so that
+// development needs no set-up): authorities and store live in memory and
+// die with the process; only the admin credential is written, so keyctl
+// can talk to it.
+func serveDev(ctx context.Context, listen, dir string, stdout, stderr io.Writer) error {
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	names, err := keyserver.ServerNames(listen, nil)
+	if err != nil {
+		return usageError{err}
+	}
+	as, err := keyserver.GenerateAuthorities("", false)
+	if err != nil {
+		return err
+	}
+	srv, err := keyserver.New(keyserver.Config{
+		Names:       names,
+		KeyGranting: as.KeyGranting,
+		Server:      as.Server,
+		Admin:       as.Admin,
+		Store:       store.NewMemory(),
+		Logger:      logger,
+	})
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	url := keyserver.ServerURL(l.Addr().String(), names)
+	if err := keyserver.WriteAdminCredential(dir, as.Admin, as.Server, []string{url}); err != nil {
+		l.Close()
+		return err
+	}
+	tok, _, err := srv.Admission().IssueToken(ctx, admission.TokenSpec{Node: "dev1", Creator: "keyserver --dev"})
+	if err != nil {
+		l.Close()
+		return err
+	}
+	abs, _ := filepath.Abs(filepath.Join(dir, keyserver.AdminConfigFile))
+	fmt.Fprintf(stdout, `keyserver (development mode) at %s
+Nothing is kept: authorities and store are in memory.
+
+  export KEYCTL_CONFIG=%s
+  keyctl installer --node dev1 --token %s --state-dir ./dev1 > dev1.yaml
+  keyclient once --config dev1.yaml
+
+First token, for node dev1 (valid 1h): %s
+`, url, abs, tok, tok)
+	return srv.Serve(ctx, l)
+}
