@@ -231,6 +231,10 @@ func (c *Client) admit(ctx context.Context) (*Report, error) {
 	var resp api.CertificateResponse
 	req := api.AdmitRequest{Token: tok, Node: c.cfg.Node, CSR: csr}
 	if err := c.call(ctx, http.MethodPost, api.PathAdmit, req, &resp, false); err != nil {
+		var ae *api.Error
+		if errors.As(err, &ae) && ae.Code == api.CodeTokenInvalid {
+			return nil, fmt.Errorf("keyclient: admission refused: the token is unknown, expired, already used, revoked or for another node; issue a new one with `keyctl token issue --node %s`: %w", c.cfg.Node, err)
+		}
 		return nil, fmt.Errorf("keyclient: admission: %w", err)
 	}
 	if err := c.install(key, &resp); err != nil {

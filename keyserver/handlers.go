@@ -50,7 +50,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &api.Error{Status: status, Code: code, Message: http.StatusText(status)})
 		return
 	}
-	h.ServeHTTP(w, r)
+	s.mux.ServeHTTP(w, r) // not h: only the mux fills in r.PathValue
 }
 
 type statusRecorder struct {

@@ -21,11 +21,19 @@ type BoltOptions struct {
 	// Timeout is how long OpenBolt waits for the lock on the file, which
 	// another process holding the store open keeps. Zero means one second.
 	Timeout time.Duration
+	// BatchDelay is how long a write waits for others to share its
+	// commit and fsync. Zero means DefaultBatchDelay.
+	BatchDelay time.Duration
 }
+
+// DefaultBatchDelay is about one fsync: long enough for writers arriving
+// together to share a commit, short enough that a lone writer barely
+// notices (bbolt's own default is 10ms).
+const DefaultBatchDelay = 2 * time.Millisecond
 
 // Bolt is a Store in a single bbolt file. Each Txn commits with an fsync;
 // concurrent Txn calls are coalesced by bbolt's DB.Batch into one commit,
-// at the price of up to 10ms more latency for each.
+// at the price of up to BoltOptions.BatchDelay more latency for each.
 type Bolt struct {
 	db *bolt.DB
 }
@@ -53,6 +61,10 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	db.MaxBatchDelay = opts.BatchDelay
+	if db.MaxBatchDelay <= 0 {
+		db.MaxBatchDelay = DefaultBatchDelay
 	}
 	return &Bolt{db: db}, nil
 }
