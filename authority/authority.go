@@ -359,6 +359,14 @@ func Load(dir, name string, opts Options) (*Authority, error) {
 	return a, nil
 }
 
+// WithClock returns a copy of a that reads the time from now, so that a
+// server and the authorities it holds share one (possibly injected) clock.
+func (a *Authority) WithClock(now func() time.Time) *Authority {
+	b := *a
+	b.now = now
+	return &b
+}
+
 // Name is the authority's name.
 func (a *Authority) Name() string { return a.name }
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/keysystem/keysystem/authority"
 )
@@ -24,7 +25,7 @@ var ErrAnchorMismatch = errors.New("keyclient: keyserver does not match the pinn
 // public key matches the pin is looked for. The whole chain is then
 // verified against that root, for the server's name, as an ordinary TLS
 // client would. Nothing is accepted on the way without verification.
-func discoverAnchor(ctx context.Context, serverURL, pin string) (*x509.Certificate, error) {
+func discoverAnchor(ctx context.Context, serverURL, pin string, now time.Time) (*x509.Certificate, error) {
 	u, err := url.Parse(serverURL)
 	if err != nil {
 		return nil, fmt.Errorf("keyclient: %w", err)
@@ -61,14 +62,14 @@ func discoverAnchor(ctx context.Context, serverURL, pin string) (*x509.Certifica
 	if anchor == nil {
 		return nil, fmt.Errorf("%w: %s presented %s; the pin is %s", ErrAnchorMismatch, serverURL, strings.Join(seen, ", "), pin)
 	}
-	if err := verifyServer(presented, anchor, host); err != nil {
+	if err := verifyServer(presented, anchor, host, now); err != nil {
 		return nil, err
 	}
 	return anchor, nil
 }
 
 // verifyServer checks a presented server chain against anchor for host.
-func verifyServer(chain []*x509.Certificate, anchor *x509.Certificate, host string) error {
+func verifyServer(chain []*x509.Certificate, anchor *x509.Certificate, host string, now time.Time) error {
 	roots := x509.NewCertPool()
 	roots.AddCert(anchor)
 	inter := x509.NewCertPool()
@@ -79,6 +80,7 @@ func verifyServer(chain []*x509.Certificate, anchor *x509.Certificate, host stri
 		Roots:         roots,
 		Intermediates: inter,
 		DNSName:       host,
+		CurrentTime:   now,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	})
 	if err != nil {

@@ -405,7 +405,7 @@ func (c *Client) trust(ctx context.Context) (*x509.Certificate, error) {
 	}
 	var errs []error
 	for _, s := range c.cfg.Servers {
-		a, err := discoverAnchor(ctx, s, c.cfg.TrustAnchor)
+		a, err := discoverAnchor(ctx, s, c.cfg.TrustAnchor, c.opts.Clock.Now())
 		if err != nil {
 			if errors.Is(err, ErrAnchorMismatch) {
 				return nil, err
@@ -432,7 +432,7 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any, wit
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(anchor)
-	tlsc := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots}
+	tlsc := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, Time: c.opts.Clock.Now}
 	if withCGC {
 		tlsc.Certificates = []tls.Certificate{*c.cgc}
 	}

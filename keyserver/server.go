@@ -77,6 +77,11 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
 	}
+	// One clock for everything the server decides, including what its
+	// authorities sign and accept.
+	cfg.KeyGranting = cfg.KeyGranting.WithClock(cfg.Now)
+	cfg.Server = cfg.Server.WithClock(cfg.Now)
+	cfg.Admin = cfg.Admin.WithClock(cfg.Now)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}

@@ -1,0 +1,343 @@
+package main
+
+// The keyclient daemon against a real keyserver over loopback TLS, both
+// driven by one hand-advanced clock: renewal timing, backoff and expiry are
+// tested without sleeping. These tests live here, beside the keyclient
+// binary, because the keyclient package itself never links the keyserver.
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keysystem/keysystem/admission"
+	"github.com/keysystem/keysystem/authority"
+	"github.com/keysystem/keysystem/keyclient"
+	"github.com/keysystem/keysystem/keyserver"
+	"github.com/keysystem/keysystem/keyserver/api"
+	"github.com/keysystem/keysystem/keyserver/store"
+)
+
+// fakeClock fires After channels only when advanced; each After call is
+// reported on waits so the test knows what the daemon is waiting for.
+type fakeClock struct {
+	mu      sync.Mutex
+	now     time.Time
+	pending []pendingTimer
+	waits   chan time.Duration
+}
+
+type pendingTimer struct {
+	at time.Time
+	ch chan time.Time
+}
+
+func newFakeClock() *fakeClock {
+	return &fakeClock{now: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC), waits: make(chan time.Duration, 16)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	ch := make(chan time.Time, 1)
+	c.pending = append(c.pending, pendingTimer{c.now.Add(d), ch})
+	c.mu.Unlock()
+	c.waits <- d
+	return ch
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	keep := c.pending[:0]
+	for _, p := range c.pending {
+		if !p.at.After(c.now) {
+			p.ch <- c.now
+		} else {
+			keep = append(keep, p)
+		}
+	}
+	c.pending = keep
+}
+
+type rig struct {
+	t     *testing.T
+	clk   *fakeClock
+	srv   *keyserver.Server
+	st    store.Store
+	auths *keyserver.Authorities
+	addr  string
+	stop  func()
+}
+
+// startKeyserver serves a keyserver on addr ("" for a fresh port) until
+// the returned rig's stop is called.
+func startKeyserver(t *testing.T, clk *fakeClock, st store.Store, auths *keyserver.Authorities, addr string) *rig {
+	t.Helper()
+	srv, err := keyserver.New(keyserver.Config{
+		Names:       []string{"127.0.0.1"},
+		KeyGranting: auths.KeyGranting,
+		Server:      auths.Server,
+		Admin:       auths.Admin,
+		Store:       st,
+		CGCLifetime: 30 * 24 * time.Hour,
+		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Now:         clk.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, l) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return &rig{t: t, clk: clk, srv: srv, st: st, auths: auths, addr: l.Addr().String(), stop: stop}
+}
+
+func newClient(t *testing.T, r *rig, node string, tok string, opts keyclient.Options, edit ...func(*keyclient.Config)) *keyclient.Client {
+	t.Helper()
+	cfg := &keyclient.Config{
+		Node:        node,
+		Servers:     []string{"https://" + r.addr},
+		TrustAnchor: authority.SPKIPin(r.auths.Server.Root()),
+		Token:       tok,
+		StateDir:    filepath.Join(t.TempDir(), "state"),
+	}
+	for _, f := range edit {
+		f(cfg)
+	}
+	opts.Clock = r.clk
+	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	c, err := keyclient.New(cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func issue(t *testing.T, r *rig, node string) string {
+	t.Helper()
+	tok, _, err := r.srv.Admission().IssueToken(context.Background(), admission.TokenSpec{Node: node, TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok.String()
+}
+
+func setup(t *testing.T) *rig {
+	auths, err := keyserver.GenerateAuthorities("", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startKeyserver(t, newFakeClock(), store.NewMemory(), auths, "")
+}
+
+// nextWait returns what the daemon waits for next.
+func nextWait(t *testing.T, clk *fakeClock) time.Duration {
+	t.Helper()
+	select {
+	case d := <-clk.waits:
+		return d
+	case <-time.After(30 * time.Second): // only a hang guard: the daemon has no reason to be slow
+		t.Fatal("the daemon never went to sleep")
+		return 0
+	}
+}
+
+func TestRunRenewsAtTwoThirdsWithJitter(t *testing.T) {
+	r := setup(t)
+	c := newClient(t, r, "web1", issue(t, r, "web1"), keyclient.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+
+	life := 30 * 24 * time.Hour
+	var serials []string
+	for i := range 3 {
+		d := nextWait(t, r.clk)
+		cert, renewAt := c.State()
+		if cert == nil {
+			t.Fatalf("round %d: no CGC held", i)
+		}
+		serials = append(serials, cert.SerialNumber.String())
+		// The wait ends at renewAt, which lies at 2/3 of the lifetime,
+		// give or take a twentieth of it.
+		if got := r.clk.Now().Add(d); !got.Equal(renewAt) {
+			t.Fatalf("round %d: sleeps until %v, renewal due %v", i, got, renewAt)
+		}
+		lo := cert.NotBefore.Add(life*2/3 - life/20 - time.Minute)
+		hi := cert.NotBefore.Add(life*2/3 + life/20 + time.Minute)
+		if renewAt.Before(lo) || renewAt.After(hi) {
+			t.Fatalf("round %d: renewal at %v, outside [%v, %v]", i, renewAt, lo, hi)
+		}
+		r.clk.Advance(d)
+	}
+	if serials[0] == serials[1] || serials[1] == serials[2] {
+		t.Fatalf("serials did not change across renewals: %v", serials)
+	}
+	nodes, err := r.srv.Admission().ListNodes(context.Background())
+	if err != nil || len(nodes) != 1 || nodes[0].Renewals < 2 {
+		t.Fatalf("keyserver inventory after renewals: %+v, %v", nodes, err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run returned %v", err)
+	}
+}
+
+func TestRunBacksOffWhenTheKeyserverIsDown(t *testing.T) {
+	r := setup(t)
+	minB, maxB := 5*time.Second, 2*time.Minute
+	c := newClient(t, r, "web1", issue(t, r, "web1"), keyclient.Options{MinBackoff: minB, MaxBackoff: maxB})
+	if _, err := c.Once(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	r.stop() // the keyserver goes away
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+
+	// First the daemon sleeps until the renewal is due...
+	d := nextWait(t, r.clk)
+	r.clk.Advance(d)
+	// ...then each failure doubles the wait (half of it jitter), up to the cap.
+	want := minB
+	for i := range 8 {
+		d := nextWait(t, r.clk)
+		if d < want/2 || d > want {
+			t.Fatalf("failure %d: waits %v, want within [%v, %v]", i+1, d, want/2, want)
+		}
+		want = min(want*2, maxB)
+		r.clk.Advance(d)
+	}
+
+	// The keyserver comes back on the same address: the next try succeeds
+	// and the daemon goes back to sleeping until the next renewal.
+	before, _ := c.State()
+	startKeyserver(t, r.clk, r.st, r.auths, r.addr)
+	r.clk.Advance(nextWait(t, r.clk))
+	d = nextWait(t, r.clk)
+	after, renewAt := c.State()
+	if after.SerialNumber.Cmp(before.SerialNumber) == 0 {
+		t.Fatal("no renewal after the keyserver came back")
+	}
+	if !r.clk.Now().Add(d).Equal(renewAt) {
+		t.Fatalf("after recovery the daemon waits %v, not until the next renewal %v", d, renewAt)
+	}
+	cancel()
+	<-done
+}
+
+func TestOnceReadmitsAfterExpiryOnlyWithAToken(t *testing.T) {
+	r := setup(t)
+	c := newClient(t, r, "web1", issue(t, r, "web1"), keyclient.Options{})
+	rep, err := c.Once(context.Background(), false)
+	if err != nil || rep.Action != keyclient.ActionAdmitted {
+		t.Fatalf("first pass: %+v, %v", rep, err)
+	}
+	// The token is spent; once the CGC has expired the node needs a new one.
+	r.clk.Advance(31 * 24 * time.Hour)
+	if _, err := c.Once(context.Background(), false); !errors.Is(err, keyclient.ErrNoToken) {
+		t.Fatalf("expired CGC and no token: err = %v, want ErrNoToken", err)
+	}
+}
+
+func TestRenewalWithSupersededCGCIsRefused(t *testing.T) {
+	r := setup(t)
+	tok := issue(t, r, "web1")
+	c := newClient(t, r, "web1", tok, keyclient.Options{})
+	if _, err := c.Once(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	stolen, _ := c.State()
+	if _, err := c.Once(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	// The renewal was confirmed, so the older CGC is dead at the keyserver.
+	nodes, _ := r.srv.Admission().ListNodes(context.Background())
+	current, _ := c.State()
+	if nodes[0].Serial != admission.SerialHex(current) || nodes[0].Next != "" {
+		t.Fatalf("keyserver did not make the new CGC current: %+v", nodes[0])
+	}
+	_, err := r.srv.Admission().Authenticate(context.Background(), []*x509.Certificate{stolen})
+	if !errors.Is(err, admission.ErrCertSuperseded) {
+		t.Fatalf("old CGC after confirmed renewal: %v, want superseded", err)
+	}
+}
+
+func TestAnchorMismatchSendsNoToken(t *testing.T) {
+	r := setup(t)
+	tok := issue(t, r, "web1")
+	other, err := keyserver.GenerateAuthorities("", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &keyclient.Config{
+		Node:        "web1",
+		Servers:     []string{"https://" + r.addr},
+		TrustAnchor: authority.SPKIPin(other.Server.Root()), // a different keyserver's anchor
+		Token:       tok,
+		StateDir:    t.TempDir(),
+	}
+	c, err := keyclient.New(cfg, keyclient.Options{Clock: r.clk, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Once(context.Background(), false); !errors.Is(err, keyclient.ErrAnchorMismatch) {
+		t.Fatalf("err = %v, want ErrAnchorMismatch", err)
+	}
+	recs, _ := r.srv.Admission().ListTokens(context.Background())
+	if len(recs) != 1 || recs[0].State != "pending" {
+		t.Fatalf("the token was touched: %+v", recs)
+	}
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		t.Fatalf("the keyserver was asked anything at all: %v", ae)
+	}
+}
+
+func TestSpentTokenFileIsRemoved(t *testing.T) {
+	r := setup(t)
+	path := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(path, []byte(issue(t, r, "web1")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := newClient(t, r, "web1", "", keyclient.Options{}, func(c *keyclient.Config) { c.TokenFile = path })
+	if _, err := c.Once(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("token file still there after admission: %v", err)
+	}
+}

@@ -1,0 +1,158 @@
+package keyclient
+
+import (
+	"bytes"
+	"crypto/x509"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keysystem/keysystem/authority"
+	"github.com/keysystem/keysystem/tokens"
+)
+
+const pin = "sha256:" + "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+func validToken(t *testing.T) string {
+	t.Helper()
+	tok, err := tokens.New(rand.NewChaCha8([32]byte{1}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok.String()
+}
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "node.yaml")
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestLoadConfig(t *testing.T) {
+	tok := validToken(t)
+	// A single mistyped character (swap two of the secret) is caught by
+	// the check code before anything is sent.
+	typo := []byte(tok)
+	typo[30], typo[31] = typo[31], typo[30]
+	if typo[30] == typo[31] {
+		t.Fatal("pick other positions for the typo")
+	}
+	base := "node: web1\nservers: [https://127.0.0.1:8443]\ntrust_anchor: " + pin + "\nstate_dir: state\n"
+	for _, tc := range []struct {
+		name, body string
+		want       []string // substrings of the error; none for success
+	}{
+		{"valid", base + "token: " + tok + "\n", nil},
+		{"unknown key", base + "tokn: " + tok + "\n", []string{"field tokn not found"}},
+		{"mistyped token", base + "token: " + string(typo) + "\n", []string{"mistyped"}},
+		{"token and file", base + "token: " + tok + "\ntoken_file: t\n", []string{"give one, not both"}},
+		{"every problem at once", "node: Web_1\nservers: [http://x]\ntrust_anchor: md5:00\nkey_type: dsa\n",
+			[]string{"node:", "servers:", "trust_anchor:", "state_dir:", "key_type:"}},
+		{"empty", "", []string{"empty file"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeConfig(t, tc.body)
+			cfg, err := LoadConfig(path)
+			if tc.want == nil {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := filepath.Join(filepath.Dir(path), "state"); cfg.StateDir != want {
+					t.Errorf("state_dir %q, want %q (relative to the config)", cfg.StateDir, want)
+				}
+				return
+			}
+			var ce *ConfigError
+			if !errors.As(err, &ce) {
+				t.Fatalf("err = %v, want a ConfigError", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestRenewTime(t *testing.T) {
+	nb := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	life := 30 * 24 * time.Hour
+	na := nb.Add(life)
+	for _, tc := range []struct {
+		u    float64
+		want time.Duration
+	}{
+		{0, life*2/3 - life/20},
+		{0.5, life * 2 / 3},
+		{0.999999, life*2/3 + life/20},
+	} {
+		got := RenewTime(nb, na, tc.u).Sub(nb)
+		if d := got - tc.want; d < -time.Minute || d > time.Minute {
+			t.Errorf("u=%v: renew after %v, want %v", tc.u, got, tc.want)
+		}
+	}
+}
+
+func TestBackoffDoublesWithJitterUpToCap(t *testing.T) {
+	c := &Client{opts: Options{MinBackoff: time.Second, MaxBackoff: 30 * time.Second}, rnd: rand.New(rand.NewChaCha8([32]byte{}))}
+	want := time.Second
+	for n := 1; n <= 12; n++ {
+		for range 50 {
+			if d := c.backoff(n); d < want/2 || d > want {
+				t.Fatalf("failure %d: %v, want within [%v, %v]", n, d, want/2, want)
+			}
+		}
+		want = min(2*want, 30*time.Second)
+	}
+}
+
+// A CGC file whose key does not match its certificate cannot come from a
+// partial write (it is one atomic file), so it is ignored: the node
+// re-admits rather than presenting a credential it cannot use.
+func TestUnusableCGCFileIsIgnored(t *testing.T) {
+	ca, err := authority.Generate(authority.Config{Name: "kg"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k1, _ := authority.GenerateKey(authority.ECDSAP256)
+	k2, _ := authority.GenerateKey(authority.ECDSAP256)
+	cert, err := ca.Sign(authority.Request{PublicKey: k1.Public(), CommonName: "web1", Lifetime: time.Hour, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongKey, _ := authority.EncodeKeyPEM(k2)
+	rightKey, _ := authority.EncodeKeyPEM(k1)
+	for _, tc := range []struct {
+		name string
+		file []byte
+		held bool
+	}{
+		{"matching", append(rightKey, authority.EncodePEM(cert)...), true},
+		{"key mismatch", append(wrongKey, authority.EncodePEM(cert)...), false},
+		{"no key", authority.EncodePEM(cert), false},
+		{"garbage", []byte("not pem"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, CGCFile), tc.file, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cfg := &Config{Node: "web1", Servers: []string{"https://127.0.0.1:1"}, TrustAnchor: pin, StateDir: dir}
+			c, err := New(cfg, Options{Rand: bytes.NewReader(make([]byte, 32))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := c.State(); (got != nil) != tc.held {
+				t.Fatalf("holds a CGC: %v, want %v", got != nil, tc.held)
+			}
+		})
+	}
+}
