@@ -15,7 +15,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -313,13 +312,13 @@ func (s *Service) Admit(ctx context.Context, req AdmitRequest) (*Issued, error) 
 		if err != nil {
 			return nil, err
 		}
-		redeemed := rec.Redeemed(attempt, serialHex(cert), cert.Raw)
+		redeemed := rec.Redeemed(attempt, SerialHex(cert), cert.Raw)
 		node := Node{
 			Name:       rec.Node,
 			IPs:        rec.IPs,
 			TokenID:    rec.ID,
 			AdmittedAt: attempt.Now,
-			Serial:     serialHex(cert),
+			Serial:     SerialHex(cert),
 			NotAfter:   cert.NotAfter,
 		}
 		rawRec, err := json.Marshal(redeemed)
@@ -372,7 +371,7 @@ func (s *Service) Authenticate(ctx context.Context, chain []*x509.Certificate) (
 	if err != nil {
 		return nil, err
 	}
-	serial := serialHex(leaf)
+	serial := SerialHex(leaf)
 	var caller *Caller
 	err = s.update(ctx, nodePrefix+name, func(raw []byte) ([]byte, error) {
 		n, err := decodeNode(raw, name)
@@ -424,7 +423,7 @@ func (s *Service) Renew(ctx context.Context, caller *Caller, csrData []byte) (*I
 		case caller.Serial != n.Serial:
 			return nil, fmt.Errorf("%w: node %s presented serial %s, current is %s", ErrCertSuperseded, name, caller.Serial, n.Serial)
 		}
-		n.Next, n.NextNotAfter = serialHex(cert), cert.NotAfter
+		n.Next, n.NextNotAfter = SerialHex(cert), cert.NotAfter
 		n.Renewals++
 		n.RenewedAt = s.cfg.Now()
 		return json.Marshal(n)
@@ -585,7 +584,5 @@ func ParseCSR(data []byte) (*x509.CertificateRequest, error) {
 	return csr, nil
 }
 
-func serialHex(c *x509.Certificate) string { return hex.EncodeToString(c.SerialNumber.Bytes()) }
-
 // SerialHex is the form in which serials are stored and shown.
-func SerialHex(c *x509.Certificate) string { return serialHex(c) }
+func SerialHex(c *x509.Certificate) string { return authority.SerialText(c) }

@@ -277,16 +277,23 @@ func signCA(r io.Reader, cn string, pub crypto.PublicKey, parent *x509.Certifica
 	return cert, nil
 }
 
-// Serial returns a positive random serial number of 128 bits.
+// Serial returns a random serial number of 128 bits (RFC 5280 allows up
+// to 20 octets; a zero serial, which is not allowed, is drawn again).
 func Serial(r io.Reader) (*big.Int, error) {
 	var b [16]byte
-	if _, err := io.ReadFull(r, b[:]); err != nil {
-		return nil, fmt.Errorf("authority: serial number: %w", err)
+	for {
+		if _, err := io.ReadFull(r, b[:]); err != nil {
+			return nil, fmt.Errorf("authority: serial number: %w", err)
+		}
+		if n := new(big.Int).SetBytes(b[:]); n.Sign() > 0 {
+			return n, nil
+		}
 	}
-	b[0] &= 0x7f // positive in DER without a leading zero byte
-	b[0] |= 0x40 // and always 16 bytes long
-	return new(big.Int).SetBytes(b[:]), nil
 }
+
+// SerialText is the form in which the keysystem stores and shows serials:
+// lower-case hex without leading zeros, as openssl prints them.
+func SerialText(c *x509.Certificate) string { return c.SerialNumber.Text(16) }
 
 // Save writes the authority into dir (created 0700 if missing): the
 // certificates 0644 and the keys 0600. It refuses to overwrite an existing

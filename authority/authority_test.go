@@ -86,8 +86,8 @@ func TestGenerateSaveLoadSign(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := leaf.SerialNumber.BitLen(); got != 127 {
-				t.Errorf("serial has %d bits, want 127 (16 positive bytes)", got)
+			if got := leaf.SerialNumber.BitLen(); got > 128 || got < 64 || leaf.SerialNumber.Sign() <= 0 {
+				t.Errorf("serial has %d bits, want a positive 128-bit random number", got)
 			}
 			if !leaf.NotBefore.Equal(now.Add(-Backdate).Truncate(time.Second)) || !leaf.NotAfter.Equal(now.Add(time.Hour)) {
 				t.Errorf("validity %v..%v", leaf.NotBefore, leaf.NotAfter)
@@ -189,5 +189,18 @@ func TestPin(t *testing.T) {
 		if _, err := ParsePin(bad); err == nil {
 			t.Errorf("ParsePin(%q) accepted", bad)
 		}
+	}
+}
+
+func TestSerialUsesAll128Bits(t *testing.T) {
+	// With all-ones input the serial is 2^128-1: nothing was masked off.
+	n, err := Serial(bytes.NewReader(bytes.Repeat([]byte{0xff}, 16)))
+	if err != nil || n.BitLen() != 128 {
+		t.Fatalf("Serial = %v (%d bits), %v", n, n.BitLen(), err)
+	}
+	// An all-zero draw is not a valid serial and is drawn again.
+	in := append(make([]byte, 16), bytes.Repeat([]byte{1}, 16)...)
+	if n, err := Serial(bytes.NewReader(in)); err != nil || n.Sign() <= 0 {
+		t.Fatalf("Serial after a zero draw = %v, %v", n, err)
 	}
 }

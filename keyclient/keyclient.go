@@ -170,7 +170,7 @@ func (c *Client) Run(ctx context.Context) error {
 			c.failures = 0
 			wait = rep.RenewAt.Sub(c.opts.Clock.Now())
 			if rep.Action != ActionNone {
-				c.log.Info("CGC "+string(rep.Action), "serial", serialHex(rep.Cert), "not_after", rep.Cert.NotAfter, "renew_at", rep.RenewAt)
+				c.log.Info("CGC "+string(rep.Action), "serial", authority.SerialText(rep.Cert), "not_after", rep.Cert.NotAfter, "renew_at", rep.RenewAt)
 			}
 		}
 		if wait < 0 {
@@ -489,4 +489,3 @@ func decodeResponse(resp *http.Response, out any) error {
 	return nil
 }
 
-func serialHex(c *x509.Certificate) string { return fmt.Sprintf("%x", c.SerialNumber) }
