@@ -37,8 +37,9 @@ import (
 
 // Files in the state directory.
 const (
-	CGCFile    = "cgc.pem"    // key, certificate and chain in one file, so they change together
-	AnchorFile = "anchor.crt" // the keyserver root found by the pin
+	CGCFile          = "cgc.pem"       // key, certificate and chain in one file, so they change together
+	AnchorFile       = "anchor.crt"    // the keyserver root found by the pin
+	AdmissionKeyFile = "admission.key" // the key being admitted, kept until admission succeeds
 )
 
 // ErrNoToken means the node holds no valid CGC and has no token to get one.
@@ -224,7 +225,7 @@ func (c *Client) admit(ctx context.Context) (*Report, error) {
 	if tok == "" {
 		return nil, ErrNoToken
 	}
-	key, csr, err := c.newKey()
+	key, csr, err := c.admissionKey()
 	if err != nil {
 		return nil, err
 	}
@@ -239,6 +240,9 @@ func (c *Client) admit(ctx context.Context) (*Report, error) {
 	}
 	if err := c.install(key, &resp); err != nil {
 		return nil, err
+	}
+	if err := os.Remove(filepath.Join(c.cfg.StateDir, AdmissionKeyFile)); err != nil {
+		c.log.Warn("could not remove the admission key", "err", err)
 	}
 	if c.cfg.TokenFile != "" {
 		if err := os.Remove(c.cfg.TokenFile); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -272,12 +276,44 @@ func (c *Client) renew(ctx context.Context) (*Report, error) {
 	return c.report(ActionRenewed, prev), nil
 }
 
+// admissionKey returns the key to admit with: the one a previous attempt
+// left in the state directory, or a new one written there first. Should the
+// keyserver's answer be lost after it spent the token, the retry then comes
+// with the same key and gets the same CGC, instead of a refusal.
+func (c *Client) admissionKey() (crypto.Signer, string, error) {
+	path := filepath.Join(c.cfg.StateDir, AdmissionKeyFile)
+	if data, err := os.ReadFile(path); err == nil {
+		if k, err := pemutil.ParseKey(data); err == nil {
+			if s, ok := k.(crypto.Signer); ok {
+				return c.csrFor(s)
+			}
+		}
+		c.log.Warn("replacing an unreadable admission key", "file", path)
+	}
+	key, csr, err := c.newKey()
+	if err != nil {
+		return nil, "", err
+	}
+	pemKey, err := authority.EncodeKeyPEM(key)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := keyfile.Write(path, pemKey, 0o600); err != nil {
+		return nil, "", err
+	}
+	return key, csr, nil
+}
+
 func (c *Client) newKey() (crypto.Signer, string, error) {
 	kt, _ := authority.ParseKeyType(c.cfg.KeyType)
 	key, err := authority.GenerateKey(kt)
 	if err != nil {
 		return nil, "", err
 	}
+	return c.csrFor(key)
+}
+
+func (c *Client) csrFor(key crypto.Signer) (crypto.Signer, string, error) {
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
 		return nil, "", fmt.Errorf("keyclient: certificate request: %w", err)
@@ -488,4 +524,3 @@ func decodeResponse(resp *http.Response, out any) error {
 	}
 	return nil
 }
-

@@ -341,3 +341,43 @@ func TestSpentTokenFileIsRemoved(t *testing.T) {
 		t.Fatalf("token file still there after admission: %v", err)
 	}
 }
+
+// The keyserver spent the token but its answer never arrived: the node's
+// next attempt comes with the same key (kept in the state directory) and
+// gets the very same CGC, instead of being locked out.
+func TestAdmissionRetryAfterLostAnswerGetsTheSameCGC(t *testing.T) {
+	r := setup(t)
+	tok := issue(t, r, "web1")
+	stateDir := filepath.Join(t.TempDir(), "state")
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	key, err := authority.GenerateKey(authority.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, _ := authority.EncodeKeyPEM(key)
+	if err := os.WriteFile(filepath.Join(stateDir, keyclient.AdmissionKeyFile), keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost, err := r.srv.Admission().Admit(context.Background(), admission.AdmitRequest{Token: tok, Node: "web1", CSR: csr})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	c := newClient(t, r, "web1", tok, keyclient.Options{}, func(c *keyclient.Config) { c.StateDir = stateDir })
+	rep, err := c.Once(context.Background(), false)
+	if err != nil {
+		t.Fatalf("retry after a lost answer: %v", err)
+	}
+	if rep.Cert.SerialNumber.Cmp(lost.Cert.SerialNumber) != 0 {
+		t.Fatalf("retry got serial %x, the lost answer carried %x", rep.Cert.SerialNumber, lost.Cert.SerialNumber)
+	}
+	if _, err := os.Stat(filepath.Join(stateDir, keyclient.AdmissionKeyFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("admission key left behind after success: %v", err)
+	}
+}
