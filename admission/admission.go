@@ -96,7 +96,7 @@ func New(cfg Config) (*Service, error) {
 	def(&cfg.Grace, DefaultGrace)
 	def(&cfg.TokenTTL, DefaultTokenTTL)
 	def(&cfg.MaxTokenTTL, DefaultMaxTokenTTL)
-	if cfg.CGCLifetime < time.Minute || cfg.Grace < 0 || cfg.TokenTTL > cfg.MaxTokenTTL {
+	if cfg.CGCLifetime < time.Minute || cfg.Grace < 0 || cfg.TokenTTL < 0 || cfg.TokenTTL > cfg.MaxTokenTTL {
 		return nil, fmt.Errorf("admission: bad lifetimes (CGC %v, grace %v, token %v, max token %v)", cfg.CGCLifetime, cfg.Grace, cfg.TokenTTL, cfg.MaxTokenTTL)
 	}
 	if cfg.Now == nil {
@@ -465,11 +465,32 @@ func (s *Service) ListNodes(ctx context.Context) ([]Node, error) {
 }
 
 // RevokeNode marks a node revoked, so every CGC it holds stops working at
-// once, and revokes its pending tokens so none can bring it back. Revoking
-// a revoked node is not an error.
+// once, and revokes its pending tokens so none can bring it back. The
+// tokens go first: a redemption racing with the revocation either loses on
+// the token's compare-and-set, or commits its node record before the node
+// is marked below, and is revoked with it. Revoking a revoked node is not
+// an error.
 func (s *Service) RevokeNode(ctx context.Context, name string) (Node, error) {
+	// Node records are never deleted, so one that exists now still will
+	// when it is marked below; an unknown name changes nothing.
+	if _, err := s.cfg.Store.Get(ctx, nodePrefix+name); errors.Is(err, store.ErrNotFound) {
+		return Node{}, fmt.Errorf("%w: node %s", ErrNotFound, name)
+	} else if err != nil {
+		return Node{}, fmt.Errorf("admission: %w", err)
+	}
+	recs, err := s.ListTokens(ctx)
+	if err != nil {
+		return Node{}, err
+	}
+	for _, r := range recs {
+		if r.Node == name && r.State == tokens.StatePending {
+			if _, err := s.RevokeToken(ctx, r.ID); err != nil && !errors.Is(err, ErrInvalid) {
+				return Node{}, err
+			}
+		}
+	}
 	var out Node
-	err := s.update(ctx, nodePrefix+name, func(raw []byte) ([]byte, error) {
+	err = s.update(ctx, nodePrefix+name, func(raw []byte) ([]byte, error) {
 		if raw == nil {
 			return nil, fmt.Errorf("%w: node %s", ErrNotFound, name)
 		}
@@ -484,17 +505,6 @@ func (s *Service) RevokeNode(ctx context.Context, name string) (Node, error) {
 	})
 	if err != nil {
 		return Node{}, err
-	}
-	recs, err := s.ListTokens(ctx)
-	if err != nil {
-		return out, err
-	}
-	for _, r := range recs {
-		if r.Node == name && r.State == tokens.StatePending {
-			if _, err := s.RevokeToken(ctx, r.ID); err != nil && !errors.Is(err, ErrInvalid) {
-				return out, err
-			}
-		}
 	}
 	return out, nil
 }

@@ -292,7 +292,7 @@ func Serial(r io.Reader) (*big.Int, error) {
 }
 
 // SerialText is the form in which the keysystem stores and shows serials:
-// lower-case hex without leading zeros, as openssl prints them.
+// lower-case hex without leading zeros.
 func SerialText(c *x509.Certificate) string { return c.SerialNumber.Text(16) }
 
 // Save writes the authority into dir (created 0700 if missing): the

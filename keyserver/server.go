@@ -233,7 +233,7 @@ func (s *Server) pruneLoop(ctx context.Context) {
 		}
 		if n > 0 {
 			s.log.Info("pruned dead tokens", "count", n)
-			s.record(AuditEvent{Event: EventTokenPrune, Reason: fmt.Sprintf("%d tokens expired", n)})
+			s.record(AuditEvent{Event: EventTokenPrune, Reason: fmt.Sprintf("%d dead token records removed (expired, or redeemed past the retry window)", n)})
 		}
 		select {
 		case <-ctx.Done():
