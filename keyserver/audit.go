@@ -22,6 +22,7 @@ const (
 	EventAuthDeny    = "auth.deny" // a client certificate refused
 	EventKeyTheft    = "key_theft" // a superseded CGC was used: its key may be in other hands
 	EventNodeRevoke  = "node.revoke"
+	EventAdminDeny   = "admin.deny" // an administrator's request refused or failed
 )
 
 // AuditEvent is one line of the audit log. It never carries a secret: a
@@ -29,8 +30,8 @@ const (
 type AuditEvent struct {
 	Time    time.Time `json:"time"`
 	Event   string    `json:"event"`
-	Actor   string    `json:"actor,omitempty"` // "admin:<cn>" or "node:<name>", when authenticated
-	Node    string    `json:"node,omitempty"`
+	Actor   string    `json:"actor,omitempty"` // "admin:<cn>" or "node:<name>", only when authenticated
+	Node    string    `json:"node,omitempty"`  // a node known for certain: never a refused claim
 	TokenID string    `json:"token_id,omitempty"`
 	Serial  string    `json:"serial,omitempty"`
 	Remote  string    `json:"remote,omitempty"`

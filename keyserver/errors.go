@@ -15,7 +15,8 @@ var errInternal = &api.Error{Status: http.StatusInternalServerError, Code: api.C
 // apiError maps an error from the packages below to what a client is told.
 // Token problems all become one uniform answer, so a client cannot probe
 // which tokens exist, have been used or belong to whom; the audit log keeps
-// the real reason. Other messages carry no internal detail.
+// the real reason. Other messages describe only the client's own input
+// (its CSR, its JSON) and never the server's state or internals.
 func apiError(err error) *api.Error {
 	var ae *api.Error
 	if errors.As(err, &ae) {

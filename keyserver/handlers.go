@@ -72,7 +72,9 @@ func decode(r *http.Request, v any) *api.Error {
 		err = errors.New("trailing data after the JSON object")
 	}
 	if err == nil {
-		if _, e := dec.Token(); e != io.EOF {
+		if _, e := dec.Token(); errors.As(e, new(*http.MaxBytesError)) {
+			err = e // over the limit after the object (e.g. padding): still too large
+		} else if e != io.EOF {
 			err = errors.New("trailing data after the JSON object")
 		}
 	}
@@ -98,22 +100,30 @@ func remoteAddr(r *http.Request) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
+var (
+	errNodeCertRequired  = &api.Error{Status: http.StatusUnauthorized, Code: api.CodeCertRequired, Message: "a client certificate (the node's CGC) is required"}
+	errAdminCertRequired = &api.Error{Status: http.StatusUnauthorized, Code: api.CodeCertRequired, Message: "an administrator's client certificate is required"}
+	errAdminCertInvalid  = &api.Error{Status: http.StatusForbidden, Code: api.CodeCertInvalid, Message: "client certificate not accepted for this endpoint"}
+	errAdminCertExpired  = &api.Error{Status: http.StatusUnauthorized, Code: api.CodeCertExpired, Message: "client certificate expired or not yet valid"}
+)
+
 // node wraps a handler that only a node holding a current CGC may call.
 func (s *Server) node(h func(http.ResponseWriter, *http.Request, *admission.Caller)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		chain := peerChain(r)
 		if len(chain) == 0 {
-			s.deny(w, r, "", &api.Error{Status: http.StatusUnauthorized, Code: api.CodeCertRequired, Message: "a client certificate (the node's CGC) is required"}, "no client certificate")
+			s.refuse(w, r, AuditEvent{Event: EventAuthDeny}, errNodeCertRequired)
 			return
 		}
 		caller, err := s.adm.Authenticate(r.Context(), chain)
+		if errors.Is(err, admission.ErrCertSuperseded) {
+			// The certificate is genuine (it verified), so the node it names
+			// is known: an older CGC of it is in use, perhaps by a thief.
+			s.refuse(w, r, AuditEvent{Event: EventKeyTheft, Node: chain[0].Subject.CommonName, Serial: admission.SerialHex(chain[0])}, err)
+			return
+		}
 		if err != nil {
-			ev := EventAuthDeny
-			if errors.Is(err, admission.ErrCertSuperseded) {
-				ev = EventKeyTheft
-			}
-			s.recordDeny(r, ev, chain[0].Subject.CommonName, admission.SerialHex(chain[0]), err)
-			writeError(w, apiError(err))
+			s.refuse(w, r, AuditEvent{Event: EventAuthDeny}, claimed(chain[0], err))
 			return
 		}
 		h(w, r, caller)
@@ -126,20 +136,26 @@ func (s *Server) admin(h func(http.ResponseWriter, *http.Request, string)) http.
 	return func(w http.ResponseWriter, r *http.Request) {
 		chain := peerChain(r)
 		if len(chain) == 0 {
-			s.deny(w, r, "", &api.Error{Status: http.StatusUnauthorized, Code: api.CodeCertRequired, Message: "an administrator's client certificate is required"}, "no client certificate")
+			s.refuse(w, r, AuditEvent{Event: EventAuthDeny}, errAdminCertRequired)
 			return
 		}
 		if err := s.cfg.Admin.Verify(chain[0], x509.ExtKeyUsageClientAuth); err != nil {
-			e := &api.Error{Status: http.StatusForbidden, Code: api.CodeCertInvalid, Message: "client certificate not accepted for this endpoint"}
+			kind := errAdminCertInvalid
 			var inv x509.CertificateInvalidError
 			if errors.As(err, &inv) && inv.Reason == x509.Expired {
-				e = &api.Error{Status: http.StatusUnauthorized, Code: api.CodeCertExpired, Message: "client certificate expired or not yet valid"}
+				kind = errAdminCertExpired
 			}
-			s.deny(w, r, chain[0].Subject.CommonName, e, err.Error())
+			s.refuse(w, r, AuditEvent{Event: EventAuthDeny}, claimed(chain[0], fmt.Errorf("%w: %w", kind, err)))
 			return
 		}
 		h(w, r, chain[0].Subject.CommonName)
 	}
+}
+
+// claimed names, for the audit log, what a refused certificate claimed to
+// be; it is not an identity, so it goes into the reason and nowhere else.
+func claimed(c *x509.Certificate, err error) error {
+	return fmt.Errorf("certificate %q (serial %s): %w", c.Subject.CommonName, admission.SerialHex(c), err)
 }
 
 func peerChain(r *http.Request) []*x509.Certificate {
@@ -149,19 +165,20 @@ func peerChain(r *http.Request) []*x509.Certificate {
 	return r.TLS.PeerCertificates
 }
 
-func (s *Server) deny(w http.ResponseWriter, r *http.Request, subject string, e *api.Error, reason string) {
-	s.record(AuditEvent{Event: EventAuthDeny, Actor: subject, Remote: r.RemoteAddr, Code: e.Code, Reason: r.Method + " " + r.URL.Path + ": " + reason})
-	writeError(w, e)
-}
-
-func (s *Server) recordDeny(r *http.Request, event, node, serial string, err error) {
-	s.record(AuditEvent{Event: event, Node: node, Serial: serial, Remote: r.RemoteAddr, Code: apiError(err).Code, Reason: r.Method + " " + r.URL.Path + ": " + err.Error()})
-	if !isClientError(err) {
-		s.log.Error("request failed", "path", r.URL.Path, "err", err)
+// refuse answers a refused or failed request and audits it. e holds what
+// is known for certain (the event, an authenticated actor, a node, a token
+// id); the address, the code the client gets and the server's own account
+// of the reason are filled in here. The client sees only apiError(err).
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, e AuditEvent, err error) {
+	ae := apiError(err)
+	e.Remote, e.Code = r.RemoteAddr, ae.Code
+	e.Reason = r.Method + " " + r.URL.Path + ": " + err.Error()
+	s.record(e)
+	if ae == errInternal {
+		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
+	writeError(w, ae)
 }
-
-func isClientError(err error) bool { return apiError(err) != errInternal }
 
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.Health{Status: "ok"})
@@ -188,8 +205,7 @@ func (s *Server) handleCA(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleAdmit(w http.ResponseWriter, r *http.Request) {
 	var req api.AdmitRequest
 	if e := decode(r, &req); e != nil {
-		s.record(AuditEvent{Event: EventAdmitDeny, Remote: r.RemoteAddr, Code: e.Code, Reason: e.Message})
-		writeError(w, e)
+		s.refuse(w, r, AuditEvent{Event: EventAdmitDeny}, e)
 		return
 	}
 	// The token's public id is safe to audit; its secret never is.
@@ -204,11 +220,7 @@ func (s *Server) handleAdmit(w http.ResponseWriter, r *http.Request) {
 		Source: remoteAddr(r),
 	})
 	if err != nil {
-		s.record(AuditEvent{Event: EventAdmitDeny, Node: req.Node, TokenID: tokenID, Remote: r.RemoteAddr, Code: apiError(err).Code, Reason: err.Error()})
-		if !isClientError(err) {
-			s.log.Error("admission failed", "err", err)
-		}
-		writeError(w, apiError(err))
+		s.refuse(w, r, AuditEvent{Event: EventAdmitDeny, TokenID: tokenID}, fmt.Errorf("claimed node %q: %w", req.Node, err))
 		return
 	}
 	ev := EventAdmit
@@ -222,19 +234,17 @@ func (s *Server) handleAdmit(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request, caller *admission.Caller) {
 	var req api.RenewRequest
+	deny := AuditEvent{Event: EventRenewDeny, Actor: "node:" + caller.Node.Name, Node: caller.Node.Name, Serial: caller.Serial}
 	if e := decode(r, &req); e != nil {
-		s.record(AuditEvent{Event: EventRenewDeny, Actor: "node:" + caller.Node.Name, Node: caller.Node.Name, Remote: r.RemoteAddr, Code: e.Code, Reason: e.Message})
-		writeError(w, e)
+		s.refuse(w, r, deny, e)
 		return
 	}
 	issued, err := s.adm.Renew(r.Context(), caller, []byte(req.CSR))
 	if err != nil {
-		ev := EventRenewDeny
 		if errors.Is(err, admission.ErrCertSuperseded) {
-			ev = EventKeyTheft
+			deny.Event = EventKeyTheft
 		}
-		s.recordDeny(r, ev, caller.Node.Name, caller.Serial, err)
-		writeError(w, apiError(err))
+		s.refuse(w, r, deny, err)
 		return
 	}
 	s.record(AuditEvent{Event: EventRenew, Actor: "node:" + issued.Node, Node: issued.Node, Serial: admission.SerialHex(issued.Cert), Remote: r.RemoteAddr, Reason: "replaces " + caller.Serial})
@@ -247,8 +257,9 @@ func (s *Server) handleSelf(w http.ResponseWriter, r *http.Request, caller *admi
 
 func (s *Server) handleTokenIssue(w http.ResponseWriter, r *http.Request, admin string) {
 	var req api.TokenRequest
+	deny := AuditEvent{Event: EventAdminDeny, Actor: "admin:" + admin}
 	if e := decode(r, &req); e != nil {
-		writeError(w, e)
+		s.refuse(w, r, deny, e)
 		return
 	}
 	tok, rec, err := s.adm.IssueToken(r.Context(), admission.TokenSpec{
@@ -258,10 +269,7 @@ func (s *Server) handleTokenIssue(w http.ResponseWriter, r *http.Request, admin 
 		Creator: admin,
 	})
 	if err != nil {
-		if !isClientError(err) {
-			s.log.Error("issuing token", "err", err)
-		}
-		writeError(w, apiError(err))
+		s.refuse(w, r, deny, err)
 		return
 	}
 	s.record(AuditEvent{Event: EventTokenIssue, Actor: "admin:" + admin, Node: rec.Node, TokenID: rec.ID, Remote: r.RemoteAddr, Reason: "expires " + rec.Expires.UTC().Format("2006-01-02T15:04:05Z")})
@@ -271,8 +279,7 @@ func (s *Server) handleTokenIssue(w http.ResponseWriter, r *http.Request, admin 
 func (s *Server) handleTokenList(w http.ResponseWriter, r *http.Request, admin string) {
 	recs, err := s.adm.ListTokens(r.Context())
 	if err != nil {
-		s.log.Error("listing tokens", "err", err)
-		writeError(w, apiError(err))
+		s.refuse(w, r, AuditEvent{Event: EventAdminDeny, Actor: "admin:" + admin}, err)
 		return
 	}
 	out := api.TokenList{Tokens: make([]api.TokenInfo, 0, len(recs))}
@@ -285,13 +292,15 @@ func (s *Server) handleTokenList(w http.ResponseWriter, r *http.Request, admin s
 
 func (s *Server) handleTokenRevoke(w http.ResponseWriter, r *http.Request, admin string) {
 	id := r.PathValue("id")
+	deny := AuditEvent{Event: EventAdminDeny, Actor: "admin:" + admin}
 	if !tokens.ValidID(id) {
-		writeError(w, &api.Error{Status: http.StatusBadRequest, Code: api.CodeBadRequest, Message: "malformed token id"})
+		s.refuse(w, r, deny, &api.Error{Status: http.StatusBadRequest, Code: api.CodeBadRequest, Message: "malformed token id"})
 		return
 	}
+	deny.TokenID = id
 	rec, err := s.adm.RevokeToken(r.Context(), id)
 	if err != nil {
-		writeError(w, apiError(err))
+		s.refuse(w, r, deny, err)
 		return
 	}
 	s.record(AuditEvent{Event: EventTokenRevoke, Actor: "admin:" + admin, Node: rec.Node, TokenID: id, Remote: r.RemoteAddr})
@@ -301,8 +310,7 @@ func (s *Server) handleTokenRevoke(w http.ResponseWriter, r *http.Request, admin
 func (s *Server) handleNodeList(w http.ResponseWriter, r *http.Request, admin string) {
 	nodes, err := s.adm.ListNodes(r.Context())
 	if err != nil {
-		s.log.Error("listing nodes", "err", err)
-		writeError(w, apiError(err))
+		s.refuse(w, r, AuditEvent{Event: EventAdminDeny, Actor: "admin:" + admin}, err)
 		return
 	}
 	out := api.NodeList{Nodes: make([]api.NodeInfo, 0, len(nodes))}
@@ -316,10 +324,7 @@ func (s *Server) handleNodeRevoke(w http.ResponseWriter, r *http.Request, admin 
 	name := r.PathValue("name")
 	n, err := s.adm.RevokeNode(r.Context(), name)
 	if err != nil {
-		if !isClientError(err) {
-			s.log.Error("revoking node", "node", name, "err", err)
-		}
-		writeError(w, apiError(err))
+		s.refuse(w, r, AuditEvent{Event: EventAdminDeny, Actor: "admin:" + admin}, err)
 		return
 	}
 	s.record(AuditEvent{Event: EventNodeRevoke, Actor: "admin:" + admin, Node: name, Serial: n.Serial, Remote: r.RemoteAddr})
