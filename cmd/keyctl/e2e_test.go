@@ -342,6 +342,25 @@ func TestEndToEnd(t *testing.T) {
 	web3 = w.rewrite(web3, "web3.yaml", "state_dir", "web3-state")
 	w.must("keyclient", "once", "--config", web3)
 
+	// The daemon: it starts, has nothing due, sleeps, and stops on SIGTERM.
+	daemon := exec.Command(filepath.Join(w.bin, "keyclient"), "run", "--config", web2)
+	daemon.Dir = w.dir
+	dlog := &lockedBuffer{}
+	daemon.Stderr = dlog
+	if err := daemon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; !strings.Contains(dlog.String(), "keyclient running"); i++ {
+		if i == 200 {
+			t.Fatalf("keyclient run did not start:\n%s", dlog)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	daemon.Process.Signal(syscall.SIGTERM)
+	if err := daemon.Wait(); err != nil {
+		t.Fatalf("keyclient run did not stop cleanly on SIGTERM: %v\n%s", err, dlog)
+	}
+
 	// Revoke web1: its CGC stops working at once.
 	w.must("keyctl", "node", "revoke", "web1")
 	w.refused(1, "node_revoked", "keyclient", "once", "--config", web1, "--renew")

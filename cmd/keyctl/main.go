@@ -100,11 +100,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "keyctl:", err)
 		return 1
 	}
-	if len(args) > 0 && args[0] == "help" {
+	switch {
+	case len(args) > 0 && args[0] == "help":
 		usage(stdout)
 		return 0
+	case len(args) == 0:
+		fmt.Fprintf(stderr, "keyctl: a command is required\n\n")
+	default:
+		fmt.Fprintf(stderr, "keyctl: unknown command %q\n\n", strings.Join(args, " "))
 	}
-	fmt.Fprintf(stderr, "keyctl: unknown command %q\n\n", args)
 	usage(stderr)
 	return 2
 }

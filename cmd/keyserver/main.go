@@ -52,7 +52,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("keyserver", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	config := fs.String("config", "", "keyserver configuration file (written by `keyctl init`)")
+	config := fs.String("config", "", "keyserver configuration `FILE`, as written by keyctl init")
 	dev := fs.Bool("dev", false, "development mode: fresh in-memory authorities and store, nothing to set up")
 	listen := fs.String("listen", "127.0.0.1:8443", "with --dev: address to listen on")
 	dir := fs.String("dir", "keysystem-dev", "with --dev: directory for the admin credential (keyctl.yaml)")
