@@ -378,18 +378,15 @@ func (s *Service) Authenticate(ctx context.Context, chain []*x509.Certificate) (
 		if err != nil {
 			return nil, err
 		}
-		switch {
-		case n.Revoked:
-			return nil, fmt.Errorf("%w: %s", ErrNodeRevoked, name)
-		case serial == n.Serial:
-			caller = &Caller{Node: n, Serial: serial}
-			return nil, nil
-		case serial == n.Next && n.Next != "":
-			n.Serial, n.NotAfter, n.Next, n.NextNotAfter = n.Next, n.NextNotAfter, "", time.Time{}
-			caller = &Caller{Node: n, Serial: serial}
-			return json.Marshal(n)
+		promoted, err := n.present(serial)
+		if err != nil {
+			return nil, err
 		}
-		return nil, fmt.Errorf("%w: node %s presented serial %s, current is %s", ErrCertSuperseded, name, serial, n.Serial)
+		caller = &Caller{Node: n, Serial: serial}
+		if !promoted {
+			return nil, nil
+		}
+		return json.Marshal(n)
 	})
 	if err != nil {
 		return nil, err
@@ -415,13 +412,8 @@ func (s *Service) Renew(ctx context.Context, caller *Caller, csrData []byte) (*I
 		if err != nil {
 			return nil, err
 		}
-		switch {
-		case n.Revoked:
-			return nil, fmt.Errorf("%w: %s", ErrNodeRevoked, name)
-		case caller.Serial == n.Next && n.Next != "":
-			n.Serial, n.NotAfter = n.Next, n.NextNotAfter
-		case caller.Serial != n.Serial:
-			return nil, fmt.Errorf("%w: node %s presented serial %s, current is %s", ErrCertSuperseded, name, caller.Serial, n.Serial)
+		if _, err := n.present(caller.Serial); err != nil {
+			return nil, err
 		}
 		n.Next, n.NextNotAfter = SerialHex(cert), cert.NotAfter
 		n.Renewals++
@@ -432,6 +424,23 @@ func (s *Service) Renew(ctx context.Context, caller *Caller, csrData []byte) (*I
 		return nil, err
 	}
 	return &Issued{Node: name, Cert: cert, Chain: s.cfg.KeyGranting.Chain()}, nil
+}
+
+// present applies the rotation rule to a CGC serial the node presents:
+// its current CGC is accepted; the one it is being rotated to is accepted
+// and becomes current (promoted reports that n changed); any other is
+// superseded. A revoked node is refused whatever it presents.
+func (n *Node) present(serial string) (promoted bool, err error) {
+	switch {
+	case n.Revoked:
+		return false, fmt.Errorf("%w: %s", ErrNodeRevoked, n.Name)
+	case serial == n.Serial:
+		return false, nil
+	case serial == n.Next && n.Next != "":
+		n.Serial, n.NotAfter, n.Next, n.NextNotAfter = n.Next, n.NextNotAfter, "", time.Time{}
+		return true, nil
+	}
+	return false, fmt.Errorf("%w: node %s presented serial %s, current is %s", ErrCertSuperseded, n.Name, serial, n.Serial)
 }
 
 func decodeNode(raw []byte, name string) (Node, error) {

@@ -494,7 +494,7 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any, wit
 			errs = append(errs, err)
 			continue
 		}
-		err = decodeResponse(resp, out)
+		err = api.ReadResponse(resp, 1<<20, out)
 		var ae *api.Error
 		if errors.As(err, &ae) && ae.Status >= 500 {
 			errs = append(errs, err)
@@ -503,24 +503,4 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any, wit
 		return err
 	}
 	return errors.Join(errs...)
-}
-
-func decodeResponse(resp *http.Response, out any) error {
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode/100 != 2 {
-		var eb api.ErrorBody
-		if json.Unmarshal(data, &eb) != nil || eb.Error.Code == "" {
-			return &api.Error{Status: resp.StatusCode, Code: api.CodeInternal, Message: resp.Status}
-		}
-		eb.Error.Status = resp.StatusCode
-		return &eb.Error
-	}
-	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("keyclient: unreadable answer: %w", err)
-	}
-	return nil
 }

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"net/http"
 	"time"
 
@@ -59,20 +57,8 @@ func (c *adminClient) do(e *env, method, path string, in, out any) error {
 			errs = append(errs, err)
 			continue
 		}
-		defer resp.Body.Close()
-		data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-		if err != nil {
-			return err
-		}
-		if resp.StatusCode/100 != 2 {
-			var eb api.ErrorBody
-			if json.Unmarshal(data, &eb) == nil && eb.Error.Code != "" {
-				eb.Error.Status = resp.StatusCode
-				return &eb.Error
-			}
-			return fmt.Errorf("keyserver answered %s", resp.Status)
-		}
-		return json.Unmarshal(data, out)
+		// A node list of a large fleet is long: allow tens of megabytes.
+		return api.ReadResponse(resp, 64<<20, out)
 	}
 	return errors.Join(errs...)
 }

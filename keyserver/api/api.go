@@ -5,7 +5,10 @@
 package api
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"time"
 )
 
@@ -156,5 +159,27 @@ func (d *Duration) UnmarshalText(b []byte) error {
 		return fmt.Errorf("api: %w", err)
 	}
 	*d = Duration(v)
+	return nil
+}
+
+// ReadResponse reads an answer of the keyserver of at most limit bytes:
+// a 2xx body is decoded into out, anything else becomes an *Error.
+func ReadResponse(resp *http.Response, limit int64, out any) error {
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, limit))
+	if err != nil {
+		return fmt.Errorf("api: reading answer: %w", err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var eb ErrorBody
+		if json.Unmarshal(data, &eb) != nil || eb.Error.Code == "" {
+			return &Error{Status: resp.StatusCode, Code: CodeInternal, Message: "unexpected answer " + resp.Status}
+		}
+		eb.Error.Status = resp.StatusCode
+		return &eb.Error
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("api: unreadable answer: %w", err)
+	}
 	return nil
 }
