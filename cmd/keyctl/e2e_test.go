@@ -342,6 +342,16 @@ func TestEndToEnd(t *testing.T) {
 	web3 = w.rewrite(web3, "web3.yaml", "state_dir", "web3-state")
 	w.must("keyclient", "once", "--config", web3)
 
+	// A crash (SIGKILL, no chance to flush anything) loses nothing either:
+	// a committed write is on disk before the client hears of it.
+	w.ks.Process.Kill()
+	<-w.exit
+	w.ks = nil
+	w.startKeyserver("--config", "srv/keyserver.yaml")
+	if n := w.nodes()["web3"]; n.Serial != w.cgcSerial("web3-state") {
+		t.Fatalf("web3 lost in the crash: %+v", n)
+	}
+
 	// The daemon: it starts, has nothing due, sleeps, and stops on SIGTERM.
 	daemon := exec.Command(filepath.Join(w.bin, "keyclient"), "run", "--config", web2)
 	daemon.Dir = w.dir
