@@ -61,6 +61,7 @@ const (
 	DefaultGrace       = 10 * time.Minute
 	DefaultTokenTTL    = time.Hour
 	DefaultMaxTokenTTL = 7 * 24 * time.Hour
+	MaxCGCLifetime     = 366 * 24 * time.Hour
 )
 
 // Config wires a Service.
@@ -96,7 +97,7 @@ func New(cfg Config) (*Service, error) {
 	def(&cfg.Grace, DefaultGrace)
 	def(&cfg.TokenTTL, DefaultTokenTTL)
 	def(&cfg.MaxTokenTTL, DefaultMaxTokenTTL)
-	if cfg.CGCLifetime < time.Minute || cfg.Grace < 0 || cfg.TokenTTL < 0 || cfg.TokenTTL > cfg.MaxTokenTTL {
+	if cfg.CGCLifetime < time.Minute || cfg.CGCLifetime > MaxCGCLifetime || cfg.Grace < 0 || cfg.TokenTTL < 0 || cfg.TokenTTL > cfg.MaxTokenTTL {
 		return nil, fmt.Errorf("admission: bad lifetimes (CGC %v, grace %v, token %v, max token %v)", cfg.CGCLifetime, cfg.Grace, cfg.TokenTTL, cfg.MaxTokenTTL)
 	}
 	if cfg.Now == nil {
@@ -477,37 +478,38 @@ func (s *Service) ListNodes(ctx context.Context) ([]Node, error) {
 // once, and revokes its pending tokens so none can bring it back. The
 // tokens go first: a redemption racing with the revocation either loses on
 // the token's compare-and-set, or commits its node record before the node
-// is marked below, and is revoked with it. Revoking a revoked node is not
-// an error.
+// is marked below, and is revoked with it. A name that was never admitted
+// but has pending tokens (an installer file that leaked before the node
+// first came up) is recorded as a revoked node; a name with neither is
+// ErrNotFound and changes nothing. Revoking a revoked node is not an error.
 func (s *Service) RevokeNode(ctx context.Context, name string) (Node, error) {
-	// Node records are never deleted, so one that exists now still will
-	// when it is marked below; an unknown name changes nothing.
-	if _, err := s.cfg.Store.Get(ctx, nodePrefix+name); errors.Is(err, store.ErrNotFound) {
-		return Node{}, fmt.Errorf("%w: node %s", ErrNotFound, name)
-	} else if err != nil {
-		return Node{}, fmt.Errorf("admission: %w", err)
-	}
 	recs, err := s.ListTokens(ctx)
 	if err != nil {
 		return Node{}, err
 	}
+	revoked := 0
 	for _, r := range recs {
 		if r.Node == name && r.State == tokens.StatePending {
 			if _, err := s.RevokeToken(ctx, r.ID); err != nil && !errors.Is(err, ErrInvalid) {
 				return Node{}, err
 			}
+			revoked++
 		}
 	}
 	var out Node
 	err = s.update(ctx, nodePrefix+name, func(raw []byte) ([]byte, error) {
-		if raw == nil {
+		switch {
+		case raw != nil:
+			if err := json.Unmarshal(raw, &out); err != nil {
+				return nil, err
+			}
+			if out.Revoked {
+				return nil, nil
+			}
+		case revoked == 0:
 			return nil, fmt.Errorf("%w: node %s", ErrNotFound, name)
-		}
-		if err := json.Unmarshal(raw, &out); err != nil {
-			return nil, err
-		}
-		if out.Revoked {
-			return nil, nil
+		default:
+			out = Node{Name: name} // never admitted: a record that says it may not be
 		}
 		out.Revoked, out.RevokedAt = true, s.cfg.Now()
 		return json.Marshal(out)

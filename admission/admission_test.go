@@ -350,6 +350,8 @@ func TestNew(t *testing.T) {
 		{"no store", admission.Config{KeyGranting: e.ka}, false},
 		{"no authority", admission.Config{Store: e.st}, false},
 		{"CGC under a minute", admission.Config{Store: e.st, KeyGranting: e.ka, CGCLifetime: 59 * time.Second}, false},
+		{"CGC at the maximum", admission.Config{Store: e.st, KeyGranting: e.ka, CGCLifetime: admission.MaxCGCLifetime}, true},
+		{"CGC over the maximum", admission.Config{Store: e.st, KeyGranting: e.ka, CGCLifetime: admission.MaxCGCLifetime + time.Second}, false},
 		{"negative grace", admission.Config{Store: e.st, KeyGranting: e.ka, Grace: -time.Second}, false},
 		{"token TTL over max", admission.Config{Store: e.st, KeyGranting: e.ka, TokenTTL: 2 * time.Hour, MaxTokenTTL: time.Hour}, false},
 		{"negative token TTL", admission.Config{Store: e.st, KeyGranting: e.ka, TokenTTL: -time.Hour}, false},
@@ -1402,5 +1404,29 @@ func TestNodeName(t *testing.T) {
 				t.Errorf("NodeName = %q, %v; want %q", got, err, tc.want)
 			}
 		})
+	}
+}
+
+// A node whose installer file leaked before it ever came up is revoked by
+// name: its tokens die, and the name is on record as revoked.
+func TestRevokeNeverAdmittedNode(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	leaked := e.issue(t, admission.TokenSpec{Node: web2})
+	n, err := e.svc.RevokeNode(t.Context(), web2)
+	if err != nil || !n.Revoked || n.Serial != "" {
+		t.Fatalf("RevokeNode(never admitted) = %+v, %v; want a revoked record", n, err)
+	}
+	if r := e.record(t, leaked.ID); r.State != tokens.StateRevoked {
+		t.Errorf("leaked token is %s, want revoked", r.State)
+	}
+	refused(t, e.st, func() error {
+		_, err := e.svc.Admit(t.Context(), admission.AdmitRequest{Token: leaked.String(), CSR: csrPEM(t, newKey(t))})
+		return err
+	}, tokens.ErrRevoked)
+	// A token issued afterwards is the administrator's word: it admits.
+	e.admit(t, e.issue(t, admission.TokenSpec{Node: web2}), newKey(t))
+	if n := e.node(t, web2); n.Revoked || n.Serial == "" {
+		t.Errorf("re-admitted node %+v", n)
 	}
 }

@@ -344,6 +344,10 @@ func Load(dir, name string, opts Options) (*Authority, error) {
 		if err := inter.CheckSignatureFrom(root); err != nil {
 			return nil, fmt.Errorf("authority: %s: intermediate is not signed by the root: %w", name, err)
 		}
+		// What Generate guarantees, a loaded intermediate must show too.
+		if !inter.IsCA || inter.MaxPathLen != 0 || inter.NotAfter.After(root.NotAfter) {
+			return nil, fmt.Errorf("authority: %s: the intermediate must be a CA with path length 0 that expires no later than its root", name)
+		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("authority: load %s: %w", name, err)
 	}
@@ -396,7 +400,7 @@ type Request struct {
 	IPAddresses []net.IP
 	URIs        []*url.URL
 	ExtKeyUsage []x509.ExtKeyUsage
-	Lifetime    time.Duration // capped at the issuer's own expiry
+	Lifetime    time.Duration // capped at the expiry of the issuer and of the root
 }
 
 // Sign issues a leaf certificate for req.
@@ -413,8 +417,10 @@ func (a *Authority) Sign(req Request) (*x509.Certificate, error) {
 	}
 	now := a.now()
 	notAfter := now.Add(req.Lifetime)
-	if notAfter.After(a.issuer.NotAfter) {
-		notAfter = a.issuer.NotAfter
+	for _, c := range []*x509.Certificate{a.issuer, a.root} {
+		if notAfter.After(c.NotAfter) {
+			notAfter = c.NotAfter
+		}
 	}
 	ku := x509.KeyUsageDigitalSignature
 	if _, ok := req.PublicKey.(*rsa.PublicKey); ok {

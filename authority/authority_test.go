@@ -7,7 +7,10 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -202,5 +205,47 @@ func TestSerialUsesAll128Bits(t *testing.T) {
 	in := append(make([]byte, 16), bytes.Repeat([]byte{1}, 16)...)
 	if n, err := Serial(bytes.NewReader(in)); err != nil || n.Sign() <= 0 {
 		t.Fatalf("Serial after a zero draw = %v, %v", n, err)
+	}
+}
+
+// A loaded intermediate must be what Generate would have made: a CA with
+// path length 0 that does not outlive its root.
+func TestLoadRejectsBadIntermediate(t *testing.T) {
+	root, err := Generate(Config{Name: "r", RootLifetime: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		pathLen  int
+		lifetime time.Duration
+	}{
+		{"outlives its root", 0, 48 * time.Hour},
+		{"path length 1", 1, time.Hour},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			key, _ := GenerateKey(ECDSAP256)
+			now := time.Now()
+			tmpl := &x509.Certificate{
+				SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "inter"},
+				NotBefore: now.Add(-time.Minute), NotAfter: now.Add(tc.lifetime),
+				IsCA: true, BasicConstraintsValid: true, MaxPathLen: tc.pathLen,
+				KeyUsage: x509.KeyUsageCertSign,
+			}
+			der, err := x509.CreateCertificate(rand.Reader, tmpl, root.Root(), key.Public(), root.signer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := t.TempDir()
+			if err := root.Save(filepath.Join(dir, "ca")); err != nil {
+				t.Fatal(err)
+			}
+			keyPEM, _ := EncodeKeyPEM(key)
+			os.WriteFile(filepath.Join(dir, "ca", IntermediateKeyFile), keyPEM, 0o600)
+			os.WriteFile(filepath.Join(dir, "ca", IntermediateCertFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+			if _, err := Load(filepath.Join(dir, "ca"), "r", Options{}); err == nil {
+				t.Fatal("Load accepted the intermediate")
+			}
+		})
 	}
 }
