@@ -74,8 +74,8 @@ func TestGenerateSaveLoadSign(t *testing.T) {
 					t.Errorf("intermediate path length %d (zero %v), want 0", ic.MaxPathLen, ic.MaxPathLenZero)
 				}
 			}
-			if r := b.Root(); r.MaxPathLen != wantPathLen || !r.IsCA || !bytes.Equal(r.SubjectKeyId, r.AuthorityKeyId) && r.AuthorityKeyId != nil {
-				t.Errorf("root path length %d, want %d", r.MaxPathLen, wantPathLen)
+			if r := b.Root(); r.MaxPathLen != wantPathLen || !r.IsCA || len(r.SubjectKeyId) == 0 || r.CheckSignatureFrom(r) != nil {
+				t.Errorf("root: CA %v, path length %d (want %d), SKI %x, self-signed: %v", r.IsCA, r.MaxPathLen, wantPathLen, r.SubjectKeyId, r.CheckSignatureFrom(r))
 			}
 
 			leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

@@ -28,6 +28,7 @@ import (
 	"sync"
 	"time"
 
+	"go.step.sm/crypto/keyutil"
 	"go.step.sm/crypto/pemutil"
 
 	"github.com/keysystem/keysystem/authority"
@@ -76,8 +77,9 @@ type Client struct {
 
 	mu       sync.Mutex
 	anchor   *x509.Certificate
-	cgc      *tls.Certificate // current credential, nil before admission
-	renewAt  time.Time        // when cgc is due, drawn once per certificate
+	key      crypto.Signer       // the CGC's key; nil before admission
+	certs    []*x509.Certificate // the CGC, then its issuer chain
+	renewAt  time.Time           // when the CGC is due, drawn once per certificate
 	failures int
 }
 
@@ -144,7 +146,7 @@ func (c *Client) Once(ctx context.Context, force bool) (*Report, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.opts.Clock.Now()
-	if c.cgc == nil || !now.Before(c.cgc.Leaf.NotAfter) {
+	if c.certs == nil || !now.Before(c.certs[0].NotAfter) {
 		return c.admit(ctx)
 	}
 	if !force && now.Before(c.renewAt) {
@@ -208,13 +210,7 @@ func RenewTime(notBefore, notAfter time.Time, u float64) time.Time {
 }
 
 func (c *Client) report(a Action, prev *x509.Certificate) *Report {
-	chain := make([]*x509.Certificate, 0, len(c.cgc.Certificate)-1)
-	for _, der := range c.cgc.Certificate[1:] {
-		if cert, err := x509.ParseCertificate(der); err == nil {
-			chain = append(chain, cert)
-		}
-	}
-	return &Report{Action: a, Cert: c.cgc.Leaf, Chain: chain, Previous: prev, RenewAt: c.renewAt}
+	return &Report{Action: a, Cert: c.certs[0], Chain: c.certs[1:], Previous: prev, RenewAt: c.renewAt}
 }
 
 func (c *Client) admit(ctx context.Context) (*Report, error) {
@@ -225,7 +221,11 @@ func (c *Client) admit(ctx context.Context) (*Report, error) {
 	if tok == "" {
 		return nil, ErrNoToken
 	}
-	key, csr, err := c.admissionKey()
+	key, err := c.admissionKey()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := csrPEM(key)
 	if err != nil {
 		return nil, err
 	}
@@ -254,8 +254,12 @@ func (c *Client) admit(ctx context.Context) (*Report, error) {
 }
 
 func (c *Client) renew(ctx context.Context) (*Report, error) {
-	prev := c.cgc.Leaf
-	key, csr, err := c.newKey()
+	prev := c.certs[0]
+	key, err := c.newKey()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := csrPEM(key)
 	if err != nil {
 		return nil, err
 	}
@@ -280,45 +284,43 @@ func (c *Client) renew(ctx context.Context) (*Report, error) {
 // left in the state directory, or a new one written there first. Should the
 // keyserver's answer be lost after it spent the token, the retry then comes
 // with the same key and gets the same CGC, instead of a refusal.
-func (c *Client) admissionKey() (crypto.Signer, string, error) {
+func (c *Client) admissionKey() (crypto.Signer, error) {
 	path := filepath.Join(c.cfg.StateDir, AdmissionKeyFile)
 	if data, err := os.ReadFile(path); err == nil {
 		if k, err := pemutil.ParseKey(data); err == nil {
 			if s, ok := k.(crypto.Signer); ok {
-				return c.csrFor(s)
+				return s, nil
 			}
 		}
 		c.log.Warn("replacing an unreadable admission key", "file", path)
 	}
-	key, csr, err := c.newKey()
+	key, err := c.newKey()
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	pemKey, err := authority.EncodeKeyPEM(key)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	if err := keyfile.Write(path, pemKey, 0o600); err != nil {
-		return nil, "", err
+		return nil, err
 	}
-	return key, csr, nil
+	return key, nil
 }
 
-func (c *Client) newKey() (crypto.Signer, string, error) {
+func (c *Client) newKey() (crypto.Signer, error) {
 	kt, _ := authority.ParseKeyType(c.cfg.KeyType)
-	key, err := authority.GenerateKey(kt)
-	if err != nil {
-		return nil, "", err
-	}
-	return c.csrFor(key)
+	return authority.GenerateKey(kt)
 }
 
-func (c *Client) csrFor(key crypto.Signer) (crypto.Signer, string, error) {
+// csrPEM is a certificate request that carries key's public half and
+// nothing else: the keyserver takes the identity from elsewhere.
+func csrPEM(key crypto.Signer) (string, error) {
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
-		return nil, "", fmt.Errorf("keyclient: certificate request: %w", err)
+		return "", fmt.Errorf("keyclient: certificate request: %w", err)
 	}
-	return key, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), nil
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), nil
 }
 
 // install checks a CGC the keyserver sent and writes it with its key.
@@ -328,7 +330,7 @@ func (c *Client) install(key crypto.Signer, resp *api.CertificateResponse) error
 		return fmt.Errorf("keyclient: keyserver sent an unreadable certificate: %w", err)
 	}
 	leaf := certs[0]
-	if pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(key.Public()) {
+	if keyutil.VerifyPair(leaf.PublicKey, key) != nil {
 		return errors.New("keyclient: keyserver sent a certificate for another key")
 	}
 	if leaf.Subject.CommonName != c.cfg.Node {
@@ -342,17 +344,22 @@ func (c *Client) install(key crypto.Signer, resp *api.CertificateResponse) error
 	if err := keyfile.Write(filepath.Join(c.cfg.StateDir, CGCFile), data, 0o600); err != nil {
 		return err
 	}
-	return c.setCGC(key, certs)
+	c.setCGC(key, certs)
+	return nil
 }
 
-func (c *Client) setCGC(key crypto.Signer, certs []*x509.Certificate) error {
-	tc := &tls.Certificate{PrivateKey: key, Leaf: certs[0]}
-	for _, cert := range certs {
+func (c *Client) setCGC(key crypto.Signer, certs []*x509.Certificate) {
+	c.key, c.certs = key, certs
+	c.renewAt = RenewTime(certs[0].NotBefore, certs[0].NotAfter, c.rnd.Float64())
+}
+
+// credential is the CGC as a TLS client certificate.
+func (c *Client) credential() tls.Certificate {
+	tc := tls.Certificate{PrivateKey: c.key, Leaf: c.certs[0]}
+	for _, cert := range c.certs {
 		tc.Certificate = append(tc.Certificate, cert.Raw)
 	}
-	c.cgc = tc
-	c.renewAt = RenewTime(certs[0].NotBefore, certs[0].NotAfter, c.rnd.Float64())
-	return nil
+	return tc
 }
 
 // loadState reads the anchor and the CGC from the state directory. A CGC
@@ -382,43 +389,27 @@ func (c *Client) loadState() error {
 	if certs[0].Subject.CommonName != c.cfg.Node {
 		return &ConfigError{fmt.Errorf("keyclient: %s holds a CGC for %q, but this config is for %q", CGCFile, certs[0].Subject.CommonName, c.cfg.Node)}
 	}
-	return c.setCGC(key, certs)
+	c.setCGC(key, certs)
+	return nil
 }
 
+// parseCGCFile reads the key (the file's first block) and the certificate
+// chain of a CGC file, and checks that they belong together.
 func parseCGCFile(data []byte) (crypto.Signer, []*x509.Certificate, error) {
-	var key crypto.Signer
-	var certs []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		switch block.Type {
-		case "PRIVATE KEY":
-			k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-			if err != nil {
-				return nil, nil, err
-			}
-			s, ok := k.(crypto.Signer)
-			if !ok {
-				return nil, nil, errors.New("key cannot sign")
-			}
-			key = s
-		case "CERTIFICATE":
-			cert, err := x509.ParseCertificate(block.Bytes)
-			if err != nil {
-				return nil, nil, err
-			}
-			certs = append(certs, cert)
-		}
+	k, err := pemutil.ParseKey(data, pemutil.WithFirstBlock())
+	if err != nil {
+		return nil, nil, err
 	}
-	if key == nil || len(certs) == 0 {
-		return nil, nil, errors.New("missing key or certificate")
+	key, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, nil, errors.New("key cannot sign")
 	}
-	pub, ok := certs[0].PublicKey.(interface{ Equal(crypto.PublicKey) bool })
-	if !ok || !pub.Equal(key.Public()) {
-		return nil, nil, errors.New("key does not match certificate")
+	certs, err := pemutil.ParseCertificateBundle(data)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := keyutil.VerifyPair(certs[0].PublicKey, key); err != nil {
+		return nil, nil, fmt.Errorf("key does not match certificate: %w", err)
 	}
 	return key, certs, nil
 }
@@ -427,10 +418,10 @@ func parseCGCFile(data []byte) (crypto.Signer, []*x509.Certificate, error) {
 func (c *Client) State() (cert *x509.Certificate, renewAt time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.cgc == nil {
+	if c.certs == nil {
 		return nil, time.Time{}
 	}
-	return c.cgc.Leaf, c.renewAt
+	return c.certs[0], c.renewAt
 }
 
 // trust returns the keyserver's root, discovering it by the pin on first
@@ -470,7 +461,7 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any, wit
 	roots.AddCert(anchor)
 	tlsc := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, Time: c.opts.Clock.Now}
 	if withCGC {
-		tlsc.Certificates = []tls.Certificate{*c.cgc}
+		tlsc.Certificates = []tls.Certificate{c.credential()}
 	}
 	hc := &http.Client{
 		Timeout:   c.opts.RequestTimeout,

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"go.step.sm/crypto/pemutil"
 	"gopkg.in/yaml.v3"
 
 	"github.com/keysystem/keysystem/authority"
@@ -204,13 +205,9 @@ func LoadAdminConfig(path string) (*AdminConfig, error) {
 
 // ServerRoot reads the keyserver's trust anchor named by the config.
 func (c *AdminConfig) ServerRoot() (*x509.Certificate, error) {
-	data, err := os.ReadFile(c.ServerCA)
+	root, err := pemutil.ReadCertificate(c.ServerCA)
 	if err != nil {
-		return nil, fmt.Errorf("keyctl: %w", err)
-	}
-	root, err := x509.ParseCertificate(pemBlock(data))
-	if err != nil {
-		return nil, fmt.Errorf("keyctl: %s: %w", c.ServerCA, err)
+		return nil, fmt.Errorf("keyctl: server_ca: %w", err)
 	}
 	return root, nil
 }

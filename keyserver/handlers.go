@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -90,13 +89,10 @@ func decode(r *http.Request, v any) *api.Error {
 	return &api.Error{Status: http.StatusBadRequest, Code: api.CodeBadRequest, Message: "malformed request: " + err.Error()}
 }
 
+// remoteAddr is the client's address; net/http sets RemoteAddr to ip:port
+// for every TCP connection, so a parse failure means no address at all.
 func remoteAddr(r *http.Request) netip.Addr {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		host, _, _ := net.SplitHostPort(r.RemoteAddr)
-		a, _ := netip.ParseAddr(host)
-		return a.Unmap()
-	}
+	ap, _ := netip.ParseAddrPort(r.RemoteAddr)
 	return ap.Addr().Unmap()
 }
 

@@ -2,7 +2,6 @@ package keyserver
 
 import (
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -212,13 +211,4 @@ func writeYAML(path, comment string, v any) error {
 		return fmt.Errorf("keyserver: %w", err)
 	}
 	return nil
-}
-
-// pemBlock returns the bytes of the first PEM block in data, or data
-// itself when it holds no PEM.
-func pemBlock(data []byte) []byte {
-	if b, _ := pem.Decode(data); b != nil {
-		return b.Bytes
-	}
-	return data
 }

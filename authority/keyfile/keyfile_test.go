@@ -32,18 +32,24 @@ func TestWriteReplacesAtomicallyWithMode(t *testing.T) {
 	}
 }
 
+// When the final rename fails (here: the target is a non-empty directory),
+// the target is untouched and no temporary file is left behind.
 func TestWriteFailureLeavesTargetAlone(t *testing.T) {
 	dir := t.TempDir()
-	path := filepath.Join(dir, "node.key")
-	if err := os.WriteFile(path, []byte("old"), 0o600); err != nil {
+	target := filepath.Join(dir, "node.key")
+	if err := os.Mkdir(target, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	bad := filepath.Join(dir, "missing", "node.key")
-	if err := Write(bad, []byte("x"), 0o600); err == nil {
-		t.Fatal("write into a missing directory succeeded")
+	if err := os.WriteFile(filepath.Join(target, "keep"), []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	got, _ := os.ReadFile(path)
-	if string(got) != "old" {
-		t.Errorf("target changed to %q", got)
+	if err := Write(target, []byte("new"), 0o600); err == nil {
+		t.Fatal("write over a non-empty directory succeeded")
+	}
+	if got, _ := os.ReadFile(filepath.Join(target, "keep")); string(got) != "old" {
+		t.Errorf("target changed: %q", got)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("directory holds %d entries, want only the target (temporary file left behind?)", len(entries))
 	}
 }

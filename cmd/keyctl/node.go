@@ -2,42 +2,27 @@ package main
 
 import (
 	"fmt"
-	"text/tabwriter"
+	"io"
 	"time"
 
 	"github.com/keysystem/keysystem/keyserver/api"
 )
 
 func cmdNodeList(e *env, args []string) error {
-	fs := e.flags("node list")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if _, err := parse(fs, args, 0, "no arguments"); err != nil {
-		return err
-	}
-	c, err := e.client()
-	if err != nil {
-		return err
-	}
 	var list api.NodeList
-	if err := c.do(e, "GET", api.PathNodes, nil, &list); err != nil {
-		return err
-	}
-	if *asJSON {
-		return printJSON(e, list)
-	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tSTATE\tCGC SERIAL\tEXPIRES\tRENEWALS\tADMITTED")
-	for _, n := range list.Nodes {
-		state, serial := "active", n.Serial
-		if n.Revoked {
-			state = "revoked"
+	return listCommand(e, "node list", args, api.PathNodes, &list, func(w io.Writer) {
+		fmt.Fprintln(w, "NODE\tSTATE\tCGC SERIAL\tEXPIRES\tRENEWALS\tADMITTED")
+		for _, n := range list.Nodes {
+			state, serial := "active", n.Serial
+			if n.Revoked {
+				state = "revoked"
+			}
+			if n.NextSerial != "" {
+				serial += " (next " + n.NextSerial + ")"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", n.Name, state, serial, n.NotAfter.Local().Format(time.RFC3339), n.Renewals, n.AdmittedAt.Local().Format(time.RFC3339))
 		}
-		if n.NextSerial != "" {
-			serial += " (next " + n.NextSerial + ")"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", n.Name, state, serial, n.NotAfter.Local().Format(time.RFC3339), n.Renewals, n.AdmittedAt.Local().Format(time.RFC3339))
-	}
-	return tw.Flush()
+	})
 }
 
 func cmdNodeRevoke(e *env, args []string) error {

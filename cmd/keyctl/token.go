@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"text/tabwriter"
 	"time"
 
@@ -43,7 +44,19 @@ func cmdTokenIssue(e *env, args []string) error {
 }
 
 func cmdTokenList(e *env, args []string) error {
-	fs := e.flags("token list")
+	var list api.TokenList
+	return listCommand(e, "token list", args, api.PathTokens, &list, func(w io.Writer) {
+		fmt.Fprintln(w, "ID\tNODE\tSTATE\tEXPIRES\tCREATOR")
+		for _, t := range list.Tokens {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", t.ID, t.Node, t.State, t.Expires.Local().Format(time.RFC3339), t.Creator)
+		}
+	})
+}
+
+// listCommand runs a read-only admin command: it fetches path into out and
+// prints it as JSON (--json) or as the table that table writes.
+func listCommand(e *env, name string, args []string, path string, out any, table func(w io.Writer)) error {
+	fs := e.flags(name)
 	asJSON := fs.Bool("json", false, "print JSON")
 	if _, err := parse(fs, args, 0, "no arguments"); err != nil {
 		return err
@@ -52,18 +65,14 @@ func cmdTokenList(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	var list api.TokenList
-	if err := c.do(e, "GET", api.PathTokens, nil, &list); err != nil {
+	if err := c.do(e, "GET", path, nil, out); err != nil {
 		return err
 	}
 	if *asJSON {
-		return printJSON(e, list)
+		return printJSON(e, out)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNODE\tSTATE\tEXPIRES\tCREATOR")
-	for _, t := range list.Tokens {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.ID, t.Node, t.State, t.Expires.Local().Format(time.RFC3339), t.Creator)
-	}
+	table(tw)
 	return tw.Flush()
 }
 
