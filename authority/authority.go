@@ -132,6 +132,21 @@ func CheckKey(pub crypto.PublicKey) error {
 	return fmt.Errorf("%w: unsupported key type %T", ErrWeakKey, pub)
 }
 
+// KeyTypeOf names a public key's algorithm and size as policies name
+// them: ecdsa-p256, ecdsa-p384, ecdsa-p521, ed25519, rsa-<bits>; "" for
+// anything else.
+func KeyTypeOf(pub crypto.PublicKey) string {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		return "ecdsa-" + strings.ToLower(strings.ReplaceAll(k.Curve.Params().Name, "-", ""))
+	case ed25519.PublicKey:
+		return string(Ed25519)
+	case *rsa.PublicKey:
+		return fmt.Sprintf("rsa-%d", k.N.BitLen())
+	}
+	return ""
+}
+
 // SPKIPin is the pin of a certificate's public key, "sha256:<hex>" of its
 // DER SubjectPublicKeyInfo, the form kubeadm uses for its CA pin.
 func SPKIPin(cert *x509.Certificate) string {
@@ -396,6 +411,7 @@ func (a *Authority) Roots() *x509.CertPool { return a.roots }
 type Request struct {
 	PublicKey   crypto.PublicKey
 	CommonName  string
+	Subject     pkix.Name // further subject attributes; its CommonName is ignored
 	DNSNames    []string
 	IPAddresses []net.IP
 	URIs        []*url.URL
@@ -422,13 +438,15 @@ func (a *Authority) Sign(req Request) (*x509.Certificate, error) {
 			notAfter = c.NotAfter
 		}
 	}
+	subject := req.Subject
+	subject.CommonName = req.CommonName
 	ku := x509.KeyUsageDigitalSignature
 	if _, ok := req.PublicKey.(*rsa.PublicKey); ok {
 		ku |= x509.KeyUsageKeyEncipherment // TLS 1.2 RSA key exchange
 	}
 	c := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: req.CommonName},
+		Subject:               subject,
 		NotBefore:             now.Add(-Backdate),
 		NotAfter:              notAfter,
 		KeyUsage:              ku,
@@ -449,10 +467,15 @@ func (a *Authority) Sign(req Request) (*x509.Certificate, error) {
 // Verify checks that cert was issued by this authority (through its chain),
 // is valid at the authority's current time and allows usage.
 func (a *Authority) Verify(cert *x509.Certificate, usage x509.ExtKeyUsage) error {
+	return a.VerifyAt(cert, usage, a.now())
+}
+
+// VerifyAt is Verify as of time t.
+func (a *Authority) VerifyAt(cert *x509.Certificate, usage x509.ExtKeyUsage, t time.Time) error {
 	_, err := cert.Verify(x509.VerifyOptions{
 		Roots:         a.roots,
 		Intermediates: a.interPool,
-		CurrentTime:   a.now(),
+		CurrentTime:   t,
 		KeyUsages:     []x509.ExtKeyUsage{usage},
 	})
 	if err != nil {

@@ -23,7 +23,20 @@ const (
 	PathNodes   = "/v1/admin/nodes"
 	PathRevoke  = "/revoke" // suffix of PathTokens/{id} and PathNodes/{name}
 	ContentJSON = "application/json"
+
+	PathSign          = "/v1/sign/"   // + grant name: POST a CSR, get the grant's certificate
+	PathStatic        = "/v1/static/" // + static grant name: the file's bytes
+	PathGrants        = "/v1/grants"  // the calling node's grants, rendered; + "/" + name for one
+	PathPolicy        = "/v1/admin/policy"
+	PathPolicyReload  = "/v1/admin/policy/reload"
+	PathPolicyExplain = "/v1/admin/policy/explain"
+
+	// HeaderDigest carries "sha256:<hex>" of a static file's content.
+	HeaderDigest = "X-Keysystem-Digest"
 )
+
+// MaxStaticBytes is the largest static file a grant may serve.
+const MaxStaticBytes = 1 << 20
 
 // MaxBodyBytes is the largest request body the keyserver reads.
 const MaxBodyBytes = 64 << 10
@@ -51,13 +64,82 @@ type CertificateResponse struct {
 	Serial      string    `json:"serial"`      // hex
 	NotBefore   time.Time `json:"not_before"`
 	NotAfter    time.Time `json:"not_after"`
+	Grant       string    `json:"grant,omitempty"` // for PathSign answers
+	Root        string    `json:"root,omitempty"`  // PEM, the issuing authority's root, for PathSign answers
+}
+
+// SignRequest asks for a grant's certificate; it is sent over mutual TLS
+// with the node's CGC. The CSR carries the node's public key and, when the
+// grant allows extra names, the extra names it wants; its subject and any
+// other extension are ignored.
+type SignRequest struct {
+	CSR string `json:"csr"`
+}
+
+// GrantInfo is a grant as it applies to one node: for x509 grants, the
+// exact subject and names its certificate carries and the extra names a
+// CSR may add; for static grants, the digest of the file.
+type GrantInfo struct {
+	Name string `json:"name"`
+	Type string `json:"type"`          // "x509" or "static"
+	Via  string `json:"via,omitempty"` // why the node has it: "group web", "node web1", "pattern web*", "all nodes"
+
+	Authority   string   `json:"authority,omitempty"`
+	RootPin     string   `json:"root_pin,omitempty"` // sha256:<hex> of the authority root's public key
+	Usage       string   `json:"usage,omitempty"`    // server, client or both
+	CommonName  string   `json:"common_name,omitempty"`
+	DNSNames    []string `json:"dns,omitempty"`
+	IPAddresses []string `json:"ips,omitempty"`
+	URIs        []string `json:"uris,omitempty"`
+	AllowDNS    []string `json:"allow_dns,omitempty"`  // patterns of extra DNS names a CSR may ask for
+	AllowIPs    []string `json:"allow_ips,omitempty"`  // prefixes of extra IP addresses
+	AllowURIs   []string `json:"allow_uris,omitempty"` // patterns of extra URIs
+	KeyTypes    []string `json:"key_types,omitempty"`
+	Lifetime    Duration `json:"lifetime,omitempty"`
+
+	Digest string `json:"digest,omitempty"` // static: sha256:<hex> of the content
+	Size   int    `json:"size,omitempty"`   // static: bytes
+
+	Error string `json:"error,omitempty"` // the grant applies but cannot be rendered for this node
+}
+
+// GrantList is the answer to GET PathGrants and to an explanation: the
+// grants a node gets under the policy, and, for an explanation, why it
+// does not get the others.
+type GrantList struct {
+	Node       string      `json:"node"`
+	Groups     []string    `json:"groups"`
+	Grants     []GrantInfo `json:"grants"`
+	NotGranted []string    `json:"not_granted,omitempty"` // names of the grants the node does not get
+	Policy     string      `json:"policy,omitempty"`      // digest of the policy evaluated
+}
+
+// ExplainRequest asks how the keyserver's running policy treats a node:
+// the one in the inventory, or a name not yet admitted, with Groups and
+// IPs standing in for what its token would give it.
+type ExplainRequest struct {
+	Node   string   `json:"node"`
+	Grant  string   `json:"grant,omitempty"` // only this grant
+	Groups []string `json:"groups,omitempty"`
+	IPs    []string `json:"ips,omitempty"`
+}
+
+// PolicyStatus describes the policy a keyserver is serving.
+type PolicyStatus struct {
+	File        string    `json:"file"`
+	Digest      string    `json:"digest"` // sha256:<hex> over the file and every static file it serves
+	LoadedAt    time.Time `json:"loaded_at"`
+	Authorities []string  `json:"authorities"`
+	Groups      []string  `json:"groups"`
+	Grants      []string  `json:"grants"`
 }
 
 // TokenRequest asks the keyserver for a new admission token.
 type TokenRequest struct {
-	Node string   `json:"node"`
-	TTL  Duration `json:"ttl,omitempty"` // 0: the keyserver's default
-	IPs  []string `json:"ips,omitempty"` // source addresses the token may be redeemed from
+	Node   string   `json:"node"`
+	TTL    Duration `json:"ttl,omitempty"`    // 0: the keyserver's default
+	IPs    []string `json:"ips,omitempty"`    // source addresses the token may be redeemed from
+	Groups []string `json:"groups,omitempty"` // policy groups the node joins when admitted
 }
 
 // TokenResponse carries a new token: the only time its secret is shown.
@@ -71,6 +153,7 @@ type TokenInfo struct {
 	ID         string    `json:"id"`
 	Node       string    `json:"node"`
 	IPs        []string  `json:"ips,omitempty"`
+	Groups     []string  `json:"groups,omitempty"`
 	Creator    string    `json:"creator"`
 	Created    time.Time `json:"created"`
 	Expires    time.Time `json:"expires"`
@@ -87,6 +170,7 @@ type TokenList struct {
 type NodeInfo struct {
 	Name       string    `json:"name"`
 	IPs        []string  `json:"ips,omitempty"`
+	Groups     []string  `json:"groups,omitempty"` // given by its token; the policy may add more by name
 	AdmittedAt time.Time `json:"admitted_at"`
 	Serial     string    `json:"serial"` // the current CGC's serial
 	NotAfter   time.Time `json:"not_after"`
@@ -122,6 +206,9 @@ const (
 	CodeNotFound         = "not_found"
 	CodeConflict         = "conflict"
 	CodeMethodNotAllowed = "method_not_allowed"
+	CodeGrantDenied      = "grant_denied"     // no such grant, or not for this node
+	CodeNameNotAllowed   = "name_not_allowed" // the CSR asks for a name the grant does not allow; the message names it
+	CodePolicyInvalid    = "policy_invalid"   // a policy file refused (details: file:line: message), or a grant that cannot be rendered
 	CodeInternal         = "internal"
 	CodeUnavailable      = "unavailable"
 )
@@ -134,9 +221,10 @@ type ErrorBody struct {
 
 // Error is an API error as a client sees it.
 type Error struct {
-	Status  int    `json:"-"`
-	Code    string `json:"code"`
-	Message string `json:"message"`
+	Status  int      `json:"-"`
+	Code    string   `json:"code"`
+	Message string   `json:"message"`
+	Details []string `json:"details,omitempty"` // for policy_invalid: every problem, as file:line: message
 }
 
 func (e *Error) Error() string {
