@@ -24,6 +24,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/keysystem/keysystem/authority"
@@ -69,10 +70,14 @@ type Config struct {
 	Store       Store
 	KeyGranting *authority.Authority // signs CGCs
 
-	CGCLifetime time.Duration // default DefaultCGCLifetime
-	Grace       time.Duration // crash-safe retry window after a token is redeemed; default DefaultGrace
-	TokenTTL    time.Duration // default lifetime of a new token; default DefaultTokenTTL
-	MaxTokenTTL time.Duration // longest lifetime a token may be given; default DefaultMaxTokenTTL
+	CGCLifetime time.Duration // default DefaultCGCLifetime; SetCGCLimits changes it at run time
+	// RenewAfterExpiry is how long after its CGC expired a node may still
+	// renew it (only renew: nothing else accepts an expired CGC). 0, the
+	// default, means an expired CGC is useless and the node needs a token.
+	RenewAfterExpiry time.Duration
+	Grace            time.Duration // crash-safe retry window after a token is redeemed; default DefaultGrace
+	TokenTTL         time.Duration // default lifetime of a new token; default DefaultTokenTTL
+	MaxTokenTTL      time.Duration // longest lifetime a token may be given; default DefaultMaxTokenTTL
 
 	Now  func() time.Time // default time.Now
 	Rand io.Reader        // token secrets; default crypto/rand
@@ -80,8 +85,35 @@ type Config struct {
 
 // Service implements admission over a Store.
 type Service struct {
-	cfg Config
+	cfg    Config
+	limits atomic.Pointer[CGCLimits]
 }
+
+// CGCLimits are the CGC settings a policy reload may change.
+type CGCLimits struct {
+	Lifetime         time.Duration
+	RenewAfterExpiry time.Duration
+}
+
+func (l CGCLimits) check() error {
+	if l.Lifetime < time.Minute || l.Lifetime > MaxCGCLifetime || l.RenewAfterExpiry < 0 || l.RenewAfterExpiry > l.Lifetime {
+		return fmt.Errorf("admission: bad CGC limits (lifetime %v, renewal after expiry %v)", l.Lifetime, l.RenewAfterExpiry)
+	}
+	return nil
+}
+
+// SetCGCLimits changes the lifetime of the CGCs issued from now on and
+// how long after expiry one may still be renewed.
+func (s *Service) SetCGCLimits(l CGCLimits) error {
+	if err := l.check(); err != nil {
+		return err
+	}
+	s.limits.Store(&l)
+	return nil
+}
+
+// CGCLimits are the CGC settings in force.
+func (s *Service) CGCLimits() CGCLimits { return *s.limits.Load() }
 
 // New checks cfg, fills its defaults and returns a Service.
 func New(cfg Config) (*Service, error) {
@@ -97,8 +129,12 @@ func New(cfg Config) (*Service, error) {
 	def(&cfg.Grace, DefaultGrace)
 	def(&cfg.TokenTTL, DefaultTokenTTL)
 	def(&cfg.MaxTokenTTL, DefaultMaxTokenTTL)
-	if cfg.CGCLifetime < time.Minute || cfg.CGCLifetime > MaxCGCLifetime || cfg.Grace < 0 || cfg.TokenTTL < 0 || cfg.TokenTTL > cfg.MaxTokenTTL {
-		return nil, fmt.Errorf("admission: bad lifetimes (CGC %v, grace %v, token %v, max token %v)", cfg.CGCLifetime, cfg.Grace, cfg.TokenTTL, cfg.MaxTokenTTL)
+	if cfg.Grace < 0 || cfg.TokenTTL < 0 || cfg.TokenTTL > cfg.MaxTokenTTL {
+		return nil, fmt.Errorf("admission: bad lifetimes (grace %v, token %v, max token %v)", cfg.Grace, cfg.TokenTTL, cfg.MaxTokenTTL)
+	}
+	limits := CGCLimits{Lifetime: cfg.CGCLifetime, RenewAfterExpiry: cfg.RenewAfterExpiry}
+	if err := limits.check(); err != nil {
+		return nil, err
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -106,13 +142,16 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
 	}
-	return &Service{cfg: cfg}, nil
+	s := &Service{cfg: cfg}
+	s.limits.Store(&limits)
+	return s, nil
 }
 
 // Node is what the keyserver keeps about an admitted node.
 type Node struct {
 	Name         string    `json:"name"`
 	IPs          []string  `json:"ips,omitempty"`
+	Groups       []string  `json:"groups,omitempty"` // given by the token that admitted it
 	TokenID      string    `json:"token_id"`
 	AdmittedAt   time.Time `json:"admitted_at"`
 	Serial       string    `json:"serial"` // the current CGC
@@ -143,6 +182,7 @@ type TokenSpec struct {
 	Node    string
 	TTL     time.Duration // 0: the configured default
 	IPs     []string      // source addresses the token may be redeemed from
+	Groups  []string      // policy groups the node joins; the caller checks they exist
 	Creator string
 }
 
@@ -177,6 +217,7 @@ func (s *Service) IssueToken(ctx context.Context, spec TokenSpec) (tokens.Token,
 		Hash:    tok.Hash(),
 		Node:    spec.Node,
 		IPs:     ips,
+		Groups:  spec.Groups,
 		Creator: spec.Creator,
 		Created: now,
 		Expires: now.Add(ttl),
@@ -317,6 +358,7 @@ func (s *Service) Admit(ctx context.Context, req AdmitRequest) (*Issued, error) 
 		node := Node{
 			Name:       rec.Node,
 			IPs:        rec.IPs,
+			Groups:     rec.Groups,
 			TokenID:    rec.ID,
 			AdmittedAt: attempt.Now,
 			Serial:     SerialHex(cert),
@@ -357,16 +399,36 @@ type Caller struct {
 // it is being rotated to. The first use of the newer one makes it current,
 // and from then on the older one is refused as superseded.
 func (s *Service) Authenticate(ctx context.Context, chain []*x509.Certificate) (*Caller, error) {
+	return s.authenticate(ctx, chain, 0)
+}
+
+// AuthenticateRenewal is Authenticate for a renewal, which also accepts a
+// CGC that expired no longer ago than the RenewAfterExpiry limit: a node
+// that was switched off past its CGC's expiry comes back without a new
+// token, but only to renew.
+func (s *Service) AuthenticateRenewal(ctx context.Context, chain []*x509.Certificate) (*Caller, error) {
+	return s.authenticate(ctx, chain, s.CGCLimits().RenewAfterExpiry)
+}
+
+func (s *Service) authenticate(ctx context.Context, chain []*x509.Certificate, afterExpiry time.Duration) (*Caller, error) {
 	if len(chain) == 0 {
 		return nil, fmt.Errorf("%w: no certificate", ErrCertInvalid)
 	}
 	leaf := chain[0]
 	if err := s.cfg.KeyGranting.Verify(leaf, x509.ExtKeyUsageClientAuth); err != nil {
 		var inv x509.CertificateInvalidError
-		if errors.As(err, &inv) && inv.Reason == x509.Expired {
+		if !errors.As(err, &inv) || inv.Reason != x509.Expired {
+			return nil, fmt.Errorf("%w: %w", ErrCertInvalid, err)
+		}
+		// Expired: still good for a renewal within the window, provided
+		// it was genuine at the last moment it was valid.
+		since := s.cfg.Now().Sub(leaf.NotAfter)
+		if since <= 0 || since > afterExpiry {
 			return nil, fmt.Errorf("%w: %w", ErrCertExpired, err)
 		}
-		return nil, fmt.Errorf("%w: %w", ErrCertInvalid, err)
+		if err := s.cfg.KeyGranting.VerifyAt(leaf, x509.ExtKeyUsageClientAuth, leaf.NotAfter); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrCertInvalid, err)
+		}
 	}
 	name, err := NodeName(leaf)
 	if err != nil {
@@ -455,6 +517,19 @@ func decodeNode(raw []byte, name string) (Node, error) {
 		return Node{}, fmt.Errorf("admission: node %s: %w", name, err)
 	}
 	return n, nil
+}
+
+// Node returns one node of the inventory; ErrNotFound when there is none
+// of that name.
+func (s *Service) Node(ctx context.Context, name string) (Node, error) {
+	raw, err := s.cfg.Store.Get(ctx, nodePrefix+name)
+	if errors.Is(err, store.ErrNotFound) {
+		return Node{}, fmt.Errorf("%w: node %s", ErrNotFound, name)
+	}
+	if err != nil {
+		return Node{}, fmt.Errorf("admission: %w", err)
+	}
+	return decodeNode(raw, name)
 }
 
 // ListNodes returns every node in the inventory, sorted by name.
@@ -551,7 +626,7 @@ func (s *Service) signCGC(node string, csr *x509.CertificateRequest) (*x509.Cert
 		CommonName:  node,
 		URIs:        []*url.URL{NodeURI(node)},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		Lifetime:    s.cfg.CGCLifetime,
+		Lifetime:    s.CGCLimits().Lifetime,
 	})
 	if err != nil {
 		if errors.Is(err, authority.ErrWeakKey) {

@@ -29,6 +29,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -47,6 +49,34 @@ const (
 	Admin       = "admin"       // signs administrators' client certificates
 )
 
+// Builtin reports whether name is one of the built-in authorities, whose
+// names a named authority can never take.
+func Builtin(name string) bool {
+	return name == KeyGranting || name == Server || name == Admin
+}
+
+// Errors of CheckName.
+var (
+	ErrBadName      = errors.New("authority: bad authority name")
+	ErrReservedName = errors.New("authority: reserved authority name")
+)
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$`)
+
+// CheckName accepts the name of a named authority: 1 to 63 lower-case
+// letters, digits, '.', '_' and '-', beginning and ending with a letter or
+// digit (so a name is always a plain directory name, never "." or ".."),
+// and not the name of a built-in authority.
+func CheckName(name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("%w %q: want 1 to 63 of a-z 0-9 . _ -, starting and ending with a letter or digit", ErrBadName, name)
+	}
+	if Builtin(name) {
+		return fmt.Errorf("%w %q: %s, %s and %s are the built-in authorities", ErrReservedName, name, KeyGranting, Server, Admin)
+	}
+	return nil
+}
+
 // Backdate is how far before "now" a certificate's validity starts, so a
 // peer whose clock runs a little behind still accepts it.
 const Backdate = time.Minute
@@ -62,22 +92,35 @@ const (
 // KeyType names a key algorithm.
 type KeyType string
 
-// The key types an authority or a node may use.
+// The key types an authority or a node may use. They are named as
+// KeyTypeOf names a public key, so a policy's key_types and a node's
+// key_type speak the same language.
 const (
 	ECDSAP256 KeyType = "ecdsa-p256"
+	ECDSAP384 KeyType = "ecdsa-p384"
 	Ed25519   KeyType = "ed25519"
+	RSA2048   KeyType = "rsa-2048" // for peers that know nothing better; not a default anywhere
 	RSA3072   KeyType = "rsa-3072"
+	RSA4096   KeyType = "rsa-4096"
 )
+
+// KeyTypes are all the key types, the default first.
+var KeyTypes = []KeyType{ECDSAP256, ECDSAP384, Ed25519, RSA2048, RSA3072, RSA4096}
 
 // ParseKeyType accepts the names above; the empty string means ECDSAP256.
 func ParseKeyType(s string) (KeyType, error) {
-	switch kt := KeyType(strings.ToLower(s)); kt {
-	case "":
+	kt := KeyType(strings.ToLower(s))
+	if kt == "" {
 		return ECDSAP256, nil
-	case ECDSAP256, Ed25519, RSA3072:
+	}
+	if slices.Contains(KeyTypes, kt) {
 		return kt, nil
 	}
-	return "", fmt.Errorf("authority: unknown key type %q (want %s, %s or %s)", s, ECDSAP256, Ed25519, RSA3072)
+	names := make([]string, len(KeyTypes))
+	for i, k := range KeyTypes {
+		names[i] = string(k)
+	}
+	return "", fmt.Errorf("authority: unknown key type %q (want one of %s)", s, strings.Join(names, ", "))
 }
 
 // GenerateKey makes a new private key of type kt.
@@ -89,10 +132,16 @@ func GenerateKey(kt KeyType) (crypto.Signer, error) {
 	switch kt {
 	case ECDSAP256, "":
 		s, err = keyutil.GenerateSigner("EC", "P-256", 0)
+	case ECDSAP384:
+		s, err = keyutil.GenerateSigner("EC", "P-384", 0)
 	case Ed25519:
 		s, err = keyutil.GenerateSigner("OKP", "Ed25519", 0)
+	case RSA2048:
+		s, err = keyutil.GenerateSigner("RSA", "", 2048)
 	case RSA3072:
 		s, err = keyutil.GenerateSigner("RSA", "", 3072)
+	case RSA4096:
+		s, err = keyutil.GenerateSigner("RSA", "", 4096)
 	default:
 		return nil, fmt.Errorf("authority: unknown key type %q", kt)
 	}
@@ -173,6 +222,11 @@ type Config struct {
 	Name         string  // authority name, used in certificate subjects
 	KeyType      KeyType // default ECDSAP256
 	Intermediate bool    // sign with an intermediate under the root
+	// Shared makes a root that other authorities' intermediates go under
+	// (GenerateUnder): its path length is 1, it keeps signing with the
+	// root key, and it has no intermediate of its own (so Shared and
+	// Intermediate exclude each other).
+	Shared bool
 
 	RootLifetime         time.Duration // default 10 years
 	IntermediateLifetime time.Duration // default 5 years
@@ -196,6 +250,7 @@ type Authority struct {
 	chain     []*x509.Certificate // from the issuer up to, not including, the root
 	signer    crypto.Signer
 	rootKey   crypto.Signer // nil when loaded with an intermediate
+	under     bool          // made by GenerateUnder: the root is another authority's
 	roots     *x509.CertPool
 	interPool *x509.CertPool
 	now       func() time.Time
@@ -228,8 +283,11 @@ func Generate(cfg Config) (*Authority, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Shared && cfg.Intermediate {
+		return nil, errors.New("authority: a shared root has no intermediate of its own")
+	}
 	pathLen := 0
-	if cfg.Intermediate {
+	if cfg.Intermediate || cfg.Shared {
 		pathLen = 1
 	}
 	now := opts.Now()
@@ -249,6 +307,59 @@ func Generate(cfg Config) (*Authority, error) {
 		}
 		a.issuer, a.signer, a.chain = inter, key, []*x509.Certificate{inter}
 	}
+	a.init(opts)
+	return a, nil
+}
+
+// ErrNotParent is returned by GenerateUnder when the parent cannot sign
+// an intermediate.
+var ErrNotParent = errors.New("authority: cannot sign intermediates")
+
+// GenerateUnder creates a new authority in memory whose issuer is a new
+// intermediate (cfg.Name + " intermediate", path length 0, expiring no
+// later than the root) signed by parent's root key, so that several
+// authorities share one root (a "cluster" root with "etcd" and "kube"
+// under it). cfg.Intermediate, cfg.Shared and cfg.RootLifetime do not
+// apply. Save writes the parent's root certificate but never its key, so
+// Load reads the result as any authority with an intermediate.
+//
+// The parent must hold its root key (an authority loaded with an
+// intermediate does not) and its root must allow a path length of at
+// least 1. Generate gives a root without an intermediate path length 0,
+// so that a root which signs leaves itself can never grow a CA under it
+// by accident; a root meant to be shared is generated with Shared.
+func GenerateUnder(parent *Authority, cfg Config) (*Authority, error) {
+	if cfg.Name == "" {
+		return nil, errors.New("authority: a name is required")
+	}
+	if parent == nil || parent.rootKey == nil {
+		return nil, fmt.Errorf("%w: the parent's root key is not at hand", ErrNotParent)
+	}
+	root := parent.root
+	if !root.IsCA || root.KeyUsage&x509.KeyUsageCertSign == 0 {
+		return nil, fmt.Errorf("%w: the root of %s is not a certificate authority", ErrNotParent, parent.name)
+	}
+	if root.MaxPathLen == 0 {
+		return nil, fmt.Errorf("%w: the root of %s has path length 0 (it was not made to be shared)", ErrNotParent, parent.name)
+	}
+	if cfg.IntermediateLifetime == 0 {
+		cfg.IntermediateLifetime = 5 * 365 * 24 * time.Hour
+	}
+	opts := Options{Now: cfg.Now, Rand: cfg.Rand}
+	opts.fill()
+	now := opts.Now()
+	if !now.Before(root.NotAfter) {
+		return nil, fmt.Errorf("%w: the root of %s expired at %s", ErrNotParent, parent.name, root.NotAfter.UTC().Format(time.RFC3339))
+	}
+	key, err := GenerateKey(cfg.KeyType)
+	if err != nil {
+		return nil, err
+	}
+	inter, err := signCA(opts.Rand, cfg.Name+" intermediate", key.Public(), root, parent.rootKey, now, now.Add(cfg.IntermediateLifetime), 0)
+	if err != nil {
+		return nil, err
+	}
+	a := &Authority{name: cfg.Name, root: root, issuer: inter, chain: []*x509.Certificate{inter}, signer: key, under: true}
 	a.init(opts)
 	return a, nil
 }
@@ -312,9 +423,10 @@ func SerialText(c *x509.Certificate) string { return c.SerialNumber.Text(16) }
 
 // Save writes the authority into dir (created 0700 if missing): the
 // certificates 0644 and the keys 0600. It refuses to overwrite an existing
-// authority.
+// authority. An authority made by GenerateUnder is written as root.crt (its
+// parent's root), intermediate.crt and intermediate.key, without root.key.
 func (a *Authority) Save(dir string) error {
-	if a.rootKey == nil {
+	if a.rootKey == nil && !a.under {
 		return errors.New("authority: only a generated authority can be saved")
 	}
 	if _, err := os.Stat(filepath.Join(dir, RootCertFile)); err == nil {
@@ -329,6 +441,9 @@ func (a *Authority) Save(dir string) error {
 		perm os.FileMode
 	}
 	files := []file{{RootKeyFile, a.rootKey, 0o600}, {RootCertFile, a.root, 0o644}}
+	if a.under {
+		files = files[1:] // the root key stays with the parent
+	}
 	if len(a.chain) > 0 {
 		files = append(files, file{IntermediateKeyFile, a.signer, 0o600}, file{IntermediateCertFile, a.issuer, 0o644})
 	}

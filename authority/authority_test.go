@@ -249,3 +249,248 @@ func TestLoadRejectsBadIntermediate(t *testing.T) {
 		})
 	}
 }
+
+func TestAuthorityNames(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		want error
+	}{
+		{"etcd", nil},
+		{"a", nil},
+		{"0", nil},
+		{"web.dc1", nil},
+		{"kube_api-2", nil},
+		{strings.Repeat("a", 63), nil},
+		{strings.Repeat("a", 64), ErrBadName},
+		{"", ErrBadName},
+		{"Etcd", ErrBadName},
+		{"-etcd", ErrBadName},
+		{"etcd.", ErrBadName},
+		{".", ErrBadName},
+		{"..", ErrBadName},
+		{"a/b", ErrBadName},
+		{"a b", ErrBadName},
+		{KeyGranting, ErrReservedName},
+		{Server, ErrReservedName},
+		{Admin, ErrReservedName},
+	} {
+		err := CheckName(tc.name)
+		if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+			t.Errorf("CheckName(%q) = %v, want %v", tc.name, err, tc.want)
+		}
+	}
+}
+
+// GenerateUnder makes an intermediate signed by a shared root; saved and
+// loaded, it is an authority whose chain ends at that root, without the
+// root key.
+func TestAuthorityGenerateUnder(t *testing.T) {
+	now := t0
+	root, err := Generate(Config{Name: "cluster", Shared: true, RootLifetime: 24 * time.Hour, Now: fixedNow(&now)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := root.Root(); r.MaxPathLen != 1 || len(root.Chain()) != 0 {
+		t.Fatalf("shared root: path length %d, chain %d, want 1 and none", r.MaxPathLen, len(root.Chain()))
+	}
+	dir := t.TempDir()
+	if err := root.Save(filepath.Join(dir, "cluster")); err != nil {
+		t.Fatal(err)
+	}
+	// The parent as keyctl finds it: loaded from disk, with its root key.
+	parent, err := Load(filepath.Join(dir, "cluster"), "cluster", Options{Now: fixedNow(&now)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kids []*Authority
+	for _, tc := range []struct {
+		name string
+		kt   KeyType
+	}{{"etcd", ECDSAP256}, {"kube", Ed25519}} {
+		a, err := GenerateUnder(parent, Config{Name: tc.name, KeyType: tc.kt, Now: fixedNow(&now)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Save(filepath.Join(dir, tc.name)); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Save(filepath.Join(dir, tc.name)); err == nil {
+			t.Error("second Save over an existing authority succeeded")
+		}
+		if _, err := os.Stat(filepath.Join(dir, tc.name, RootKeyFile)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s: root key written (%v)", tc.name, err)
+		}
+		if fi, err := os.Stat(filepath.Join(dir, tc.name, IntermediateKeyFile)); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: intermediate key: %v", tc.name, err)
+		}
+		b, err := Load(filepath.Join(dir, tc.name), tc.name, Options{Now: fixedNow(&now)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !b.Root().Equal(parent.Root()) || len(b.Chain()) != 1 || !b.Chain()[0].Equal(a.Chain()[0]) || b.rootKey != nil {
+			t.Fatalf("%s: loaded authority differs from the saved one, or holds a root key", tc.name)
+		}
+		ic := b.Chain()[0]
+		if ic.Subject.CommonName != tc.name+" intermediate" || !ic.IsCA || ic.MaxPathLen != 0 || !ic.MaxPathLenZero {
+			t.Errorf("%s: intermediate %q, CA %v, path length %d", tc.name, ic.Subject.CommonName, ic.IsCA, ic.MaxPathLen)
+		}
+		if err := ic.CheckSignatureFrom(parent.Root()); err != nil {
+			t.Errorf("%s: intermediate not signed by the shared root: %v", tc.name, err)
+		}
+		if KeyTypeOf(ic.PublicKey) != string(tc.kt) {
+			t.Errorf("%s: intermediate key %s, want %s", tc.name, KeyTypeOf(ic.PublicKey), tc.kt)
+		}
+		// Five years asked for, the root's day given.
+		if !ic.NotAfter.Equal(parent.Root().NotAfter) {
+			t.Errorf("%s: intermediate expires %v, root %v", tc.name, ic.NotAfter, parent.Root().NotAfter)
+		}
+		kids = append(kids, b)
+	}
+	// Each issues leaves that verify against the shared root and its own
+	// chain, and not against a sibling's chain.
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leaf, err := kids[0].Sign(Request{PublicKey: k.Public(), CommonName: "etcd1", ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, Lifetime: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kids[0].Verify(leaf, x509.ExtKeyUsageServerAuth); err != nil {
+		t.Errorf("leaf under etcd: %v", err)
+	}
+	if err := kids[1].Verify(leaf, x509.ExtKeyUsageServerAuth); err == nil {
+		t.Error("etcd leaf verified through kube's chain")
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(kids[0].Chain()[0])
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: parent.Roots(), Intermediates: pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+		t.Errorf("leaf does not chain to the shared root: %v", err)
+	}
+}
+
+func TestAuthorityGenerateUnderRefuses(t *testing.T) {
+	now := t0
+	gen := func(cfg Config) *Authority {
+		t.Helper()
+		cfg.Now = fixedNow(&now)
+		a, err := Generate(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	dir := t.TempDir()
+	// Saved with an intermediate, then loaded: the root key is not read.
+	withInter := gen(Config{Name: "inter", Intermediate: true})
+	if err := withInter.Save(filepath.Join(dir, "inter")); err != nil {
+		t.Fatal(err)
+	}
+	loadedInter, err := Load(filepath.Join(dir, "inter"), "inter", Options{Now: fixedNow(&now)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared := gen(Config{Name: "cluster", Shared: true})
+	under, err := GenerateUnder(shared, Config{Name: "etcd", Now: fixedNow(&now)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	shortLived := gen(Config{Name: "short", Shared: true, RootLifetime: time.Hour})
+	for _, tc := range []struct {
+		name   string
+		parent *Authority
+		later  time.Duration
+	}{
+		{"nil parent", nil, 0},
+		{"root of path length 0", gen(Config{Name: "plain"}), 0},
+		{"loaded without its root key", loadedInter, 0},
+		{"itself under a parent", under, 0},
+		{"expired root", shortLived, 2 * time.Hour},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			now = t0.Add(tc.later)
+			defer func() { now = t0 }()
+			if _, err := GenerateUnder(tc.parent, Config{Name: "x", Now: fixedNow(&now)}); !errors.Is(err, ErrNotParent) {
+				t.Errorf("GenerateUnder = %v, want ErrNotParent", err)
+			}
+		})
+	}
+	if _, err := GenerateUnder(shared, Config{Now: fixedNow(&now)}); err == nil {
+		t.Error("GenerateUnder without a name succeeded")
+	}
+	if _, err := Generate(Config{Name: "both", Shared: true, Intermediate: true}); err == nil {
+		t.Error("Generate made a shared root with an intermediate of its own")
+	}
+	// A loaded authority without its root key still cannot be saved.
+	if err := loadedInter.Save(filepath.Join(dir, "copy")); err == nil {
+		t.Error("Save wrote a loaded authority that has no root key")
+	}
+}
+
+func TestKeyTypeOf(t *testing.T) {
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	for _, tc := range []struct {
+		want string
+		pub  func() any
+	}{
+		{"ecdsa-p256", func() any { k, _ := GenerateKey(ECDSAP256); return k.Public() }},
+		{"ecdsa-p384", func() any { return p384.Public() }},
+		{"ed25519", func() any { k, _ := GenerateKey(Ed25519); return k.Public() }},
+		{"rsa-3072", func() any { k, _ := GenerateKey(RSA3072); return k.Public() }},
+		{"", func() any { return "not a key" }},
+		{"", func() any { return nil }},
+	} {
+		if got := KeyTypeOf(tc.pub()); got != tc.want {
+			t.Errorf("KeyTypeOf = %q, want %q", got, tc.want)
+		}
+	}
+}
+
+// Request.Subject gives the leaf's further subject attributes; its
+// CommonName is ignored in favour of Request.CommonName.
+func TestSignSubject(t *testing.T) {
+	a, err := Generate(Config{Name: "ca"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, _ := GenerateKey(ECDSAP256)
+	leaf, err := a.Sign(Request{
+		PublicKey:  k.Public(),
+		CommonName: "etcd1.example.org",
+		Subject:    pkix.Name{CommonName: "ignored", Organization: []string{"example"}, OrganizationalUnit: []string{"etcd"}},
+		Lifetime:   time.Hour,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := leaf.Subject
+	if s.CommonName != "etcd1.example.org" || len(s.Organization) != 1 || s.Organization[0] != "example" || len(s.OrganizationalUnit) != 1 || s.OrganizationalUnit[0] != "etcd" {
+		t.Errorf("subject %v, want CN=etcd1.example.org,OU=etcd,O=example", s)
+	}
+}
+
+// VerifyAt checks a certificate as of a given time: one expired now
+// verifies at a moment inside its validity, and not outside it.
+func TestVerifyAt(t *testing.T) {
+	now := t0
+	a, err := Generate(Config{Name: "ca", Intermediate: true, Now: fixedNow(&now)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, _ := GenerateKey(ECDSAP256)
+	leaf, err := a.Sign(Request{PublicKey: k.Public(), CommonName: "n", ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, Lifetime: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now = t0.Add(2 * time.Hour)
+	if err := a.Verify(leaf, x509.ExtKeyUsageClientAuth); err == nil {
+		t.Fatal("expired leaf verified now")
+	}
+	if err := a.VerifyAt(leaf, x509.ExtKeyUsageClientAuth, t0.Add(30*time.Minute)); err != nil {
+		t.Errorf("VerifyAt inside the validity: %v", err)
+	}
+	if err := a.VerifyAt(leaf, x509.ExtKeyUsageServerAuth, t0.Add(30*time.Minute)); err == nil {
+		t.Error("VerifyAt accepted the wrong usage")
+	}
+	var inv x509.CertificateInvalidError
+	if err := a.VerifyAt(leaf, x509.ExtKeyUsageClientAuth, t0.Add(-2*time.Minute)); !errors.As(err, &inv) || inv.Reason != x509.Expired {
+		t.Errorf("VerifyAt before the validity: %v, want x509 Expired", err)
+	}
+}

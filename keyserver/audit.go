@@ -11,18 +11,23 @@ import (
 
 // Audit event names.
 const (
-	EventTokenIssue  = "token.issue"
-	EventTokenRevoke = "token.revoke"
-	EventTokenPrune  = "token.prune"
-	EventAdmit       = "admit"
-	EventAdmitReplay = "admit.replay"
-	EventAdmitDeny   = "admit.deny"
-	EventRenew       = "renew"
-	EventRenewDeny   = "renew.deny"
-	EventAuthDeny    = "auth.deny" // a client certificate refused
-	EventKeyTheft    = "key_theft" // a superseded CGC was used: its key may be in other hands
-	EventNodeRevoke  = "node.revoke"
-	EventAdminDeny   = "admin.deny" // an administrator's request refused or failed
+	EventTokenIssue   = "token.issue"
+	EventTokenRevoke  = "token.revoke"
+	EventTokenPrune   = "token.prune"
+	EventAdmit        = "admit"
+	EventAdmitReplay  = "admit.replay"
+	EventAdmitDeny    = "admit.deny"
+	EventRenew        = "renew"
+	EventRenewDeny    = "renew.deny"
+	EventAuthDeny     = "auth.deny" // a client certificate refused
+	EventKeyTheft     = "key_theft" // a superseded CGC was used: its key may be in other hands
+	EventNodeRevoke   = "node.revoke"
+	EventAdminDeny    = "admin.deny"    // an administrator's request refused or failed
+	EventSign         = "sign"          // a grant's certificate issued
+	EventSignDeny     = "sign.deny"     // a grant's certificate refused
+	EventStaticDeny   = "static.deny"   // a static file refused
+	EventPolicyLoad   = "policy.load"   // a policy put in force (reason: its digest)
+	EventPolicyReject = "policy.reject" // a policy file refused; the last good one stays
 )
 
 // AuditEvent is one line of the audit log. It never carries a secret: a
@@ -33,6 +38,7 @@ type AuditEvent struct {
 	Actor   string    `json:"actor,omitempty"` // "admin:<cn>" or "node:<name>", only when authenticated
 	Node    string    `json:"node,omitempty"`  // a node known for certain: never a refused claim
 	TokenID string    `json:"token_id,omitempty"`
+	Grant   string    `json:"grant,omitempty"`
 	Serial  string    `json:"serial,omitempty"`
 	Remote  string    `json:"remote,omitempty"`
 	Code    string    `json:"code,omitempty"`   // the error code the client was given

@@ -25,12 +25,12 @@ import (
 type FileConfig struct {
 	Listen      string      `yaml:"listen"`
 	Names       []string    `yaml:"names"`
-	Authorities string      `yaml:"authorities"` // directory with keygranting/, server/ and admin/
+	Authorities string      `yaml:"authorities"` // directory with keygranting/, server/, admin/ and the policy's named authorities
+	Policy      string      `yaml:"policy,omitempty"`
 	Store       StoreConfig `yaml:"store"`
 	AuditLog    string      `yaml:"audit_log"`
 	LogLevel    string      `yaml:"log_level,omitempty"` // debug, info, warn, error
 
-	CGCLifetime    time.Duration `yaml:"cgc_lifetime,omitempty"`
 	AdmissionGrace time.Duration `yaml:"admission_grace,omitempty"`
 	TokenTTL       time.Duration `yaml:"token_ttl,omitempty"`
 	MaxTokenTTL    time.Duration `yaml:"max_token_ttl,omitempty"`
@@ -74,6 +74,7 @@ func LoadConfig(path string) (*FileConfig, error) {
 	rel(&c.Authorities)
 	rel(&c.Store.Path)
 	rel(&c.AuditLog)
+	rel(&c.Policy)
 	var problems []error
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		problems = append(problems, fmt.Errorf("listen: %q is not host:port", c.Listen))
@@ -146,17 +147,18 @@ func Open(c *FileConfig, logger *slog.Logger) (*Server, io.Closer, error) {
 		closers = append(closers, f.Close)
 	}
 	srv, err := New(Config{
-		Names:       c.Names,
-		KeyGranting: auths[authority.KeyGranting],
-		Server:      auths[authority.Server],
-		Admin:       auths[authority.Admin],
-		Store:       st,
-		CGCLifetime: c.CGCLifetime,
-		Grace:       c.AdmissionGrace,
-		TokenTTL:    c.TokenTTL,
-		MaxTokenTTL: c.MaxTokenTTL,
-		Audit:       audit,
-		Logger:      logger,
+		Names:        c.Names,
+		KeyGranting:  auths[authority.KeyGranting],
+		Server:       auths[authority.Server],
+		Admin:        auths[authority.Admin],
+		Store:        st,
+		PolicyFile:   c.Policy,
+		AuthorityDir: c.Authorities,
+		Grace:        c.AdmissionGrace,
+		TokenTTL:     c.TokenTTL,
+		MaxTokenTTL:  c.MaxTokenTTL,
+		Audit:        audit,
+		Logger:       logger,
 	})
 	if err != nil {
 		closers.Close()

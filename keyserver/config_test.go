@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/keysystem/keysystem/authority"
 	"github.com/keysystem/keysystem/keyserver"
@@ -28,7 +27,7 @@ func writeFile(t *testing.T, dir, name, body string) string {
 
 func TestLoadConfig(t *testing.T) {
 	t.Parallel()
-	const valid = "listen: 127.0.0.1:8443\nnames: [ks.example.com]\nauthorities: auth\nstore: {type: bolt, path: data/ks.db}\naudit_log: /var/log/ks/audit.log\ncgc_lifetime: 720h\n"
+	const valid = "listen: 127.0.0.1:8443\nnames: [ks.example.com]\nauthorities: auth\nstore: {type: bolt, path: data/ks.db}\naudit_log: /var/log/ks/audit.log\npolicy: policy.yaml\n"
 	for _, tc := range []struct {
 		name, body string
 		want       []string // substrings of the error; none for success
@@ -52,13 +51,14 @@ func TestLoadConfig(t *testing.T) {
 					{c.Authorities, filepath.Join(dir, "auth")},
 					{c.Store.Path, filepath.Join(dir, "data", "ks.db")},
 					{c.AuditLog, "/var/log/ks/audit.log"}, // absolute: kept
+					{c.Policy, filepath.Join(dir, "policy.yaml")},
 				} {
 					if p[0] != p[1] {
 						t.Errorf("path %q, want %q (relative paths are relative to the config's directory)", p[0], p[1])
 					}
 				}
-				if c.CGCLifetime != 720*time.Hour || c.Level() != slog.LevelInfo {
-					t.Errorf("cgc_lifetime %v, level %v", c.CGCLifetime, c.Level())
+				if c.Level() != slog.LevelInfo {
+					t.Errorf("level %v", c.Level())
 				}
 				return
 			}

@@ -4,9 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 
 	"github.com/keysystem/keysystem/admission"
+	"github.com/keysystem/keysystem/authority"
 	"github.com/keysystem/keysystem/keyserver/api"
+	"github.com/keysystem/keysystem/policy"
 	"github.com/keysystem/keysystem/tokens"
 )
 
@@ -47,6 +50,23 @@ func apiError(err error) *api.Error {
 		return e(http.StatusForbidden, api.CodeCertInvalid, "client certificate not accepted for this endpoint")
 	case errors.Is(err, admission.ErrNotFound):
 		return e(http.StatusNotFound, api.CodeNotFound, err.Error())
+	case errors.Is(err, policy.ErrUnknownGrant), errors.Is(err, policy.ErrNotGranted), errors.Is(err, policy.ErrWrongType):
+		// One answer for "no such grant" and "not yours", so a node cannot
+		// map the policy by asking; the wrong-type hint is for a grant the
+		// node does have.
+		msg := "no such grant for this node"
+		if errors.Is(err, policy.ErrWrongType) {
+			msg = strings.TrimPrefix(err.Error(), policy.ErrWrongType.Error()+": ")
+		}
+		return e(http.StatusForbidden, api.CodeGrantDenied, msg)
+	case errors.Is(err, policy.ErrNameNotAllowed):
+		return e(http.StatusForbidden, api.CodeNameNotAllowed, strings.TrimPrefix(err.Error(), policy.ErrNameNotAllowed.Error()+": "))
+	case errors.Is(err, policy.ErrKeyTypeRejected):
+		return e(http.StatusBadRequest, api.CodeKeyRejected, strings.TrimPrefix(err.Error(), policy.ErrKeyTypeRejected.Error()+": "))
+	case errors.Is(err, authority.ErrWeakKey):
+		return e(http.StatusBadRequest, api.CodeKeyRejected, err.Error())
+	case errors.Is(err, policy.ErrRender):
+		return e(http.StatusInternalServerError, api.CodePolicyInvalid, "the policy cannot render this grant for this node: "+err.Error())
 	}
 	return errInternal
 }

@@ -1,6 +1,7 @@
 package keyserver
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -23,13 +24,20 @@ func (s *Server) routes() {
 	m.HandleFunc("GET "+api.PathHealth, s.handleHealth)
 	m.HandleFunc("GET "+api.PathCA+"{authority}", s.handleCA)
 	m.HandleFunc("POST "+api.PathAdmit, s.handleAdmit)
-	m.HandleFunc("POST "+api.PathRenew, s.node(s.handleRenew))
+	m.HandleFunc("POST "+api.PathRenew, s.nodeRenewal(s.handleRenew))
 	m.HandleFunc("GET "+api.PathNode, s.node(s.handleSelf))
 	m.HandleFunc("POST "+api.PathTokens, s.admin(s.handleTokenIssue))
 	m.HandleFunc("GET "+api.PathTokens, s.admin(s.handleTokenList))
 	m.HandleFunc("POST "+api.PathTokens+"/{id}"+api.PathRevoke, s.admin(s.handleTokenRevoke))
 	m.HandleFunc("GET "+api.PathNodes, s.admin(s.handleNodeList))
 	m.HandleFunc("POST "+api.PathNodes+"/{name}"+api.PathRevoke, s.admin(s.handleNodeRevoke))
+	m.HandleFunc("POST "+api.PathSign+"{grant}", s.node(s.handleSign))
+	m.HandleFunc("GET "+api.PathStatic+"{name}", s.node(s.handleStatic))
+	m.HandleFunc("GET "+api.PathGrants, s.node(s.handleGrants))
+	m.HandleFunc("GET "+api.PathGrants+"/{name}", s.node(s.handleGrant))
+	m.HandleFunc("GET "+api.PathPolicy, s.admin(s.handlePolicyStatus))
+	m.HandleFunc("POST "+api.PathPolicyReload, s.admin(s.handlePolicyReload))
+	m.HandleFunc("POST "+api.PathPolicyExplain, s.admin(s.handlePolicyExplain))
 	s.mux = m
 }
 
@@ -105,13 +113,25 @@ var (
 
 // node wraps a handler that only a node holding a current CGC may call.
 func (s *Server) node(h func(http.ResponseWriter, *http.Request, *admission.Caller)) http.HandlerFunc {
+	return s.nodeAuth(s.adm.Authenticate, h)
+}
+
+// nodeRenewal is node for the renewal endpoint, which also takes a CGC
+// that expired within the policy's renew_after_expiry window.
+func (s *Server) nodeRenewal(h func(http.ResponseWriter, *http.Request, *admission.Caller)) http.HandlerFunc {
+	return s.nodeAuth(s.adm.AuthenticateRenewal, h)
+}
+
+type authenticator func(context.Context, []*x509.Certificate) (*admission.Caller, error)
+
+func (s *Server) nodeAuth(auth authenticator, h func(http.ResponseWriter, *http.Request, *admission.Caller)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		chain := peerChain(r)
 		if len(chain) == 0 {
 			s.refuse(w, r, AuditEvent{Event: EventAuthDeny}, errNodeCertRequired)
 			return
 		}
-		caller, err := s.adm.Authenticate(r.Context(), chain)
+		caller, err := auth(r.Context(), chain)
 		if errors.Is(err, admission.ErrCertSuperseded) {
 			// The certificate is genuine (it verified), so the node it names
 			// is known: an older CGC of it is in use, perhaps by a thief.
@@ -170,7 +190,7 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, e AuditEvent, er
 	e.Remote, e.Code = r.RemoteAddr, ae.Code
 	e.Reason = r.Method + " " + r.URL.Path + ": " + err.Error()
 	s.record(e)
-	if ae == errInternal {
+	if ae.Status >= http.StatusInternalServerError {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
 	writeError(w, ae)
@@ -180,10 +200,11 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.Health{Status: "ok"})
 }
 
-// handleCA serves an authority's public certificates, root last, as PEM.
+// handleCA serves an authority's public certificates, root last, as PEM:
+// a built-in one or one the policy names.
 func (s *Server) handleCA(w http.ResponseWriter, r *http.Request) {
 	var a *authority.Authority
-	switch r.PathValue("authority") {
+	switch name := r.PathValue("authority"); name {
 	case authority.KeyGranting:
 		a = s.cfg.KeyGranting
 	case authority.Server:
@@ -191,6 +212,9 @@ func (s *Server) handleCA(w http.ResponseWriter, r *http.Request) {
 	case authority.Admin:
 		a = s.cfg.Admin
 	default:
+		a = s.policy.Load().auths[name]
+	}
+	if a == nil {
 		writeError(w, &api.Error{Status: http.StatusNotFound, Code: api.CodeNotFound, Message: "no such authority"})
 		return
 	}
@@ -258,10 +282,19 @@ func (s *Server) handleTokenIssue(w http.ResponseWriter, r *http.Request, admin 
 		s.refuse(w, r, deny, e)
 		return
 	}
+	pol := s.policy.Load().pol
+	for _, g := range req.Groups {
+		if !pol.HasGroup(g) {
+			s.refuse(w, r, deny, &api.Error{Status: http.StatusBadRequest, Code: api.CodeBadRequest,
+				Message: fmt.Sprintf("group %q is not in the policy (its groups: %s)", g, strings.Join(pol.Groups(), ", "))})
+			return
+		}
+	}
 	tok, rec, err := s.adm.IssueToken(r.Context(), admission.TokenSpec{
 		Node:    strings.TrimSpace(req.Node),
 		TTL:     req.TTL.Std(),
 		IPs:     req.IPs,
+		Groups:  slices.Compact(slices.Sorted(slices.Values(req.Groups))),
 		Creator: admin,
 	})
 	if err != nil {
@@ -348,6 +381,7 @@ func tokenInfo(r tokens.Record, now time.Time) api.TokenInfo {
 		ID:         r.ID,
 		Node:       r.Node,
 		IPs:        r.IPs,
+		Groups:     r.Groups,
 		Creator:    r.Creator,
 		Created:    r.Created,
 		Expires:    r.Expires,
@@ -360,6 +394,7 @@ func nodeInfo(n admission.Node) api.NodeInfo {
 	return api.NodeInfo{
 		Name:       n.Name,
 		IPs:        n.IPs,
+		Groups:     n.Groups,
 		AdmittedAt: n.AdmittedAt,
 		Serial:     n.Serial,
 		NotAfter:   n.NotAfter,

@@ -27,7 +27,12 @@ const (
 	AdminDir        = "admin"
 	StoreFile       = "keyserver.db"
 	AuditFile       = "audit.log"
+	PolicyFile      = "policy.yaml"
 )
+
+// ExampleAuthority is the named authority Init creates for the example
+// policy it writes.
+const ExampleAuthority = "internal"
 
 // AdminCertLifetime is the lifetime of the administrator certificate that
 // Init writes.
@@ -35,11 +40,14 @@ const AdminCertLifetime = 365 * 24 * time.Hour
 
 // InitOptions say what keyserver directory Init writes.
 type InitOptions struct {
-	Dir          string
-	Listen       string   // host:port the keyserver listens on
-	Names        []string // extra DNS names or IPs for its certificate
-	KeyType      authority.KeyType
-	Intermediate bool // sign with intermediates under offline-able roots
+	Dir     string
+	Listen  string            // host:port the keyserver listens on
+	Names   []string          // extra DNS names or IPs for its certificate
+	KeyType authority.KeyType // of every authority Init creates
+	// Intermediate makes every authority Init creates (the built-ins and
+	// the example's) sign with an intermediate, so its root key can be
+	// moved offline.
+	Intermediate bool
 }
 
 // Authorities are the three built-in authorities.
@@ -91,9 +99,11 @@ func ServerURL(listen string, names []string) string {
 	return (&url.URL{Scheme: "https", Host: net.JoinHostPort(host, port)}).String()
 }
 
-// Init writes a complete keyserver directory: the three authorities, an
-// administrator credential, keyserver.yaml and keyctl.yaml. It refuses a
-// directory that already holds a keyserver.
+// Init writes a complete keyserver directory: the three built-in
+// authorities, the named authority ExampleAuthority, an example policy
+// (policy.yaml) that uses it, keyserver.yaml (which names the policy), an
+// administrator credential and keyctl.yaml. It refuses a directory that
+// already holds a keyserver.
 func Init(opts InitOptions) error {
 	if opts.Dir == "" || opts.Listen == "" {
 		return errors.New("keyserver: init needs a directory and a listen address")
@@ -112,17 +122,24 @@ func Init(opts InitOptions) error {
 	if err != nil {
 		return err
 	}
-	for name, a := range map[string]*authority.Authority{authority.KeyGranting: as.KeyGranting, authority.Server: as.Server, authority.Admin: as.Admin} {
+	example, err := authority.Generate(authority.Config{Name: "keysystem " + ExampleAuthority, KeyType: opts.KeyType, Intermediate: opts.Intermediate})
+	if err != nil {
+		return err
+	}
+	for name, a := range map[string]*authority.Authority{authority.KeyGranting: as.KeyGranting, authority.Server: as.Server, authority.Admin: as.Admin, ExampleAuthority: example} {
 		if err := a.Save(filepath.Join(opts.Dir, AuthoritiesDir, name)); err != nil {
 			return err
 		}
+	}
+	if err := keyfile.Write(filepath.Join(opts.Dir, PolicyFile), []byte(examplePolicy), 0o644); err != nil {
+		return fmt.Errorf("keyserver: %w", err)
 	}
 	var quoted []string
 	for _, n := range names {
 		quoted = append(quoted, strconv.Quote(n))
 	}
 	conf := fmt.Sprintf(configTemplate, strconv.Quote(opts.Listen), strings.Join(quoted, ", "),
-		AuthoritiesDir, StoreFile, AuditFile)
+		AuthoritiesDir, PolicyFile, StoreFile, AuditFile)
 	if err := keyfile.Write(filepath.Join(opts.Dir, ConfigFile), []byte(conf), 0o600); err != nil {
 		return fmt.Errorf("keyserver: %w", err)
 	}
@@ -138,9 +155,14 @@ listen: %s
 names: [%s]
 
 # keygranting/ (signs nodes' CGCs), server/ (signs this server's TLS
-# certificate) and admin/ (signs administrators' certificates). With an
+# certificate) and admin/ (signs administrators' certificates), and the
+# named authorities of the policy (keyctl authority create NAME). With an
 # intermediate, the root key may be moved offline.
 authorities: %s
+
+# Which nodes may get what, and the CGC lifetime (keyctl policy reload
+# after editing it).
+policy: %s
 
 store:
   type: bolt            # the embedded single-file store
@@ -148,10 +170,50 @@ store:
 audit_log: %s           # append-only JSON lines: every issue, admit, deny, renew, revoke
 log_level: info
 
-cgc_lifetime: 720h      # certificate-granting certificates live 30 days; nodes renew at ~2/3
 admission_grace: 10m    # a node whose answer was lost may retry its token with the same key
 token_ttl: 1h           # default lifetime of an admission token
 max_token_ttl: 168h     # longest lifetime keyctl token issue --ttl may ask for
+`
+
+// examplePolicy is the policy Init writes: short, and valid as written.
+// docs/policy.md has every key and a fuller example.
+const examplePolicy = `# keyserver policy, written by keyctl init: which nodes may get what.
+# Edit it, then run keyctl policy reload; a bad file is refused with
+# file:line and the keyserver keeps the policy it had. docs/policy.md
+# describes every key and has a fuller example.
+
+cgc:
+  lifetime: 720h          # certificate-granting certificates live 30 days; nodes renew at ~2/3
+  renew_after_expiry: 0s  # so a node whose CGC has expired needs a new token
+
+# Named X.509 authorities, each in authorities/<name>/ next to the built-in
+# ones; keyctl authority create NAME [--parent ROOT] makes more.
+authorities:
+  internal: {}
+
+# A node's groups: those whose nodes or patterns match its name, and those
+# its token was issued with (keyctl token issue --group).
+groups:
+  all-web:
+    patterns: ["web*.example.org"]   # label-wise glob: * and ? never cross a dot
+
+# What a node may ask for, and which nodes may: to: {all: true} is every
+# admitted node; or to: {groups: [all-web], nodes: [...], patterns: [...]}.
+grants:
+  node-tls:               # keyclient item: {type: x509, grant: node-tls, key: ..., cert: ...}
+    type: x509
+    authority: internal
+    usage: both           # server | client | both
+    subject:
+      common_name: "{{.Node}}"
+    dns: ["{{.Node}}"]
+    ips: ["{{.IPs}}"]     # the addresses its token was issued with (keyctl token issue --ip)
+    lifetime: 168h
+    to: {all: true}
+  internal-ca:            # keyclient item: {type: static, name: internal-ca, path: ...}
+    type: static
+    authorities: [internal]   # the root certificate of internal, as PEM
+    to: {all: true}
 `
 
 // WriteAdminCredential issues an administrator certificate and writes it,

@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keysystem/keysystem/admission"
@@ -36,6 +37,12 @@ type Config struct {
 	Server      *authority.Authority
 	Admin       *authority.Authority
 	Store       store.Store
+
+	// PolicyFile is the policy; "" serves none (no grants) and leaves the
+	// CGC settings to CGCLifetime. Named authorities the policy uses are
+	// loaded from AuthorityDir/<name>.
+	PolicyFile   string
+	AuthorityDir string
 
 	CGCLifetime time.Duration
 	Grace       time.Duration
@@ -61,6 +68,9 @@ type Server struct {
 
 	certMu sync.Mutex
 	cert   *tls.Certificate
+
+	policy   atomic.Pointer[policyState]
+	reloadMu sync.Mutex
 }
 
 // New checks cfg and builds a Server.
@@ -115,6 +125,16 @@ func New(cfg Config) (*Server, error) {
 	}
 	if _, err := s.serverCertificate(); err != nil {
 		return nil, err
+	}
+	st, err := s.loadPolicy()
+	if err == nil {
+		err = s.install(st)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("keyserver: policy refused:\n%w", err)
+	}
+	if cfg.PolicyFile != "" {
+		s.record(AuditEvent{Event: EventPolicyLoad, Reason: st.pol.Digest()})
 	}
 	s.routes()
 	return s, nil

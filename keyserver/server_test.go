@@ -20,6 +20,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -31,6 +33,7 @@ import (
 	"github.com/keysystem/keysystem/keyserver"
 	"github.com/keysystem/keysystem/keyserver/api"
 	"github.com/keysystem/keysystem/keyserver/store"
+	"github.com/keysystem/keysystem/policy"
 	"github.com/keysystem/keysystem/tokens"
 )
 
@@ -128,8 +131,16 @@ func (l *notifyListener) Close() error {
 }
 
 type options struct {
-	intermediate bool
+	intermediate bool // every authority, built-in or named, signs with an intermediate
 	onGet        func(key string)
+
+	// policy is the text of the policy file, written to policy.yaml in a
+	// temporary directory with files (by path relative to it) beside it;
+	// "" runs without a policy. authorities are generated as named
+	// authorities into that directory's authorities/<name>.
+	policy      string
+	files       map[string]string
+	authorities []string
 }
 
 // harness is a keyserver serving HTTPS on loopback, in process.
@@ -148,6 +159,10 @@ type harness struct {
 	serveErr error              // what Serve returned, once served is closed
 
 	issued []tokens.Token // every token issued: none may reach the audit log
+
+	policyFile string                          // "" without a policy
+	named      map[string]*authority.Authority // the named authorities, as generated
+	cgcLife    time.Duration                   // what a new CGC lives: the policy's, or cgcLifetime
 }
 
 func start(t *testing.T, opts options) *harness {
@@ -161,10 +176,32 @@ func start(t *testing.T, opts options) *harness {
 		*a = (*a).WithClock(clock.Now)
 	}
 	h := &harness{
-		clock: clock,
-		auths: auths,
-		store: &gatedStore{Memory: store.NewMemory(), onGet: opts.onGet, pruned: make(chan struct{})},
-		audit: &auditBuffer{},
+		clock:   clock,
+		auths:   auths,
+		store:   &gatedStore{Memory: store.NewMemory(), onGet: opts.onGet, pruned: make(chan struct{})},
+		audit:   &auditBuffer{},
+		named:   map[string]*authority.Authority{},
+		cgcLife: cgcLifetime,
+	}
+	dir := t.TempDir()
+	for _, name := range opts.authorities {
+		a, err := authority.Generate(authority.Config{Name: "test " + name, Intermediate: opts.intermediate, Now: clock.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Save(filepath.Join(dir, "authorities", name)); err != nil {
+			t.Fatal(err)
+		}
+		h.named[name] = a
+	}
+	for name, content := range opts.files {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, dir, name, content)
+	}
+	if opts.policy != "" {
+		h.policyFile = writeFile(t, dir, "policy.yaml", opts.policy)
 	}
 	srv, err := keyserver.New(keyserver.Config{
 		Names:         []string{"127.0.0.1"},
@@ -172,6 +209,8 @@ func start(t *testing.T, opts options) *harness {
 		Server:        auths.Server,
 		Admin:         auths.Admin,
 		Store:         h.store,
+		PolicyFile:    h.policyFile,
+		AuthorityDir:  filepath.Join(dir, "authorities"),
 		CGCLifetime:   cgcLifetime,
 		PruneInterval: time.Hour, // one round at start, then none while a test runs
 		Audit:         h.audit,
@@ -180,6 +219,9 @@ func start(t *testing.T, opts options) *harness {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if h.policyFile != "" {
+		h.policyInForce(t)
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -207,6 +249,17 @@ func start(t *testing.T, opts options) *harness {
 	h.admin = h.client(t, h.adminCert(t, keyserver.AdminCertLifetime, x509.ExtKeyUsageClientAuth))
 	t.Cleanup(func() { h.checkNoSecretAudited(t) })
 	return h
+}
+
+// policyInForce notes what the policy file, just put in force, sets the
+// CGC lifetime to: checkCGC expects it from then on.
+func (h *harness) policyInForce(t *testing.T) {
+	t.Helper()
+	p, err := policy.Load(h.policyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.cgcLife = p.CGCLifetime()
 }
 
 // stop is SIGTERM: it cancels Serve and returns what Serve returned.
@@ -456,16 +509,24 @@ func (h *harness) adminCert(t *testing.T, lifetime time.Duration, usage x509.Ext
 // issueToken has the administrator issue a token through the API.
 func (h *harness) issueToken(t *testing.T, node string, ttl time.Duration, ips ...string) api.TokenResponse {
 	t.Helper()
+	return h.issueTokenFor(t, api.TokenRequest{Node: node, TTL: api.Duration(ttl), IPs: ips})
+}
+
+// issueTokenFor is issueToken for any request (groups, too).
+func (h *harness) issueTokenFor(t *testing.T, req api.TokenRequest) api.TokenResponse {
+	t.Helper()
+	node := req.Node
 	mark := h.mark(t)
-	resp, body := h.call(t, h.admin, http.MethodPost, api.PathTokens, mustJSON(t, api.TokenRequest{Node: node, TTL: api.Duration(ttl), IPs: ips}))
+	resp, body := h.call(t, h.admin, http.MethodPost, api.PathTokens, mustJSON(t, req))
 	tr := want[api.TokenResponse](t, resp, body, http.StatusCreated)
 	tok, err := tokens.Parse(tr.Token)
 	if err != nil {
 		t.Fatal(err)
 	}
 	h.issued = append(h.issued, tok)
-	if i := tr.Info; i.ID != tok.ID || i.Node != node || i.State != string(tokens.StatePending) || i.Creator != adminName {
-		t.Errorf("token info %+v, want pending token %s for %s by %s", i, tok.ID, node, adminName)
+	groups := slices.Compact(slices.Sorted(slices.Values(req.Groups)))
+	if i := tr.Info; i.ID != tok.ID || i.Node != node || i.State != string(tokens.StatePending) || i.Creator != adminName || !slices.Equal(i.Groups, groups) {
+		t.Errorf("token info %+v, want pending token %s for %s by %s, groups %q", i, tok.ID, node, adminName, groups)
 	}
 	if ev := h.event(t, mark, keyserver.EventTokenIssue); ev.Actor != "admin:"+adminName || ev.TokenID != tok.ID || ev.Node != node {
 		t.Errorf("audited %+v, want %s's token %s for %s", ev, adminName, tok.ID, node)
@@ -492,7 +553,14 @@ type node struct {
 // enroll issues a token for name and admits a node with it.
 func (h *harness) enroll(t *testing.T, name string) node {
 	t.Helper()
-	n := node{name: name, token: h.issueToken(t, name, 0), key: newKey(t)}
+	return h.enrollWith(t, api.TokenRequest{Node: name})
+}
+
+// enrollWith is enroll with a token issued for req.
+func (h *harness) enrollWith(t *testing.T, req api.TokenRequest) node {
+	t.Helper()
+	name := req.Node
+	n := node{name: name, token: h.issueTokenFor(t, req), key: newKey(t)}
 	mark := h.mark(t)
 	resp, body := h.call(t, h.anon, http.MethodPost, api.PathAdmit, admitBody(t, n.token.Token, name, n.key))
 	n.cgc = want[api.CertificateResponse](t, resp, body, http.StatusOK)
@@ -531,7 +599,7 @@ func (h *harness) checkCGC(t *testing.T, cr api.CertificateResponse, name string
 	if cr.Serial != authority.SerialText(leaf) {
 		t.Errorf("serial %q, want %q", cr.Serial, authority.SerialText(leaf))
 	}
-	if want := h.clock.Now().Add(cgcLifetime); !leaf.NotAfter.Equal(want) || !cr.NotAfter.Equal(leaf.NotAfter) || !cr.NotBefore.Equal(leaf.NotBefore) {
+	if want := h.clock.Now().Add(h.cgcLife); !leaf.NotAfter.Equal(want) || !cr.NotAfter.Equal(leaf.NotAfter) || !cr.NotBefore.Equal(leaf.NotBefore) {
 		t.Errorf("answer valid %v to %v, certificate %v to %v, want until %v", cr.NotBefore, cr.NotAfter, leaf.NotBefore, leaf.NotAfter, want)
 	}
 }

@@ -28,6 +28,7 @@ type Record struct {
 	Hash       []byte    `json:"hash,omitempty"` // SHA-256 of the secret (Token.Hash)
 	Node       string    `json:"node"`           // node name the token is bound to
 	IPs        []string  `json:"ips,omitempty"`  // if set, the source addresses the token may be redeemed from (netip.Addr text)
+	Groups     []string  `json:"groups,omitempty"`
 	Creator    string    `json:"creator,omitempty"`
 	Created    time.Time `json:"created"`
 	Expires    time.Time `json:"expires"`
@@ -152,6 +153,7 @@ func (r Record) Prunable(now time.Time, grace time.Duration) bool {
 // Redacted returns a copy of r without Hash, KeyHash and Cert, for listings.
 func (r Record) Redacted() Record {
 	r.IPs = slices.Clone(r.IPs)
+	r.Groups = slices.Clone(r.Groups)
 	r.Hash, r.KeyHash, r.Cert = nil, nil, nil
 	return r
 }
@@ -160,6 +162,7 @@ func (r Record) Redacted() Record {
 func (r Record) clone() Record {
 	r.Hash = bytes.Clone(r.Hash)
 	r.IPs = slices.Clone(r.IPs)
+	r.Groups = slices.Clone(r.Groups)
 	r.KeyHash = bytes.Clone(r.KeyHash)
 	r.Cert = bytes.Clone(r.Cert)
 	return r

@@ -13,8 +13,9 @@ func cmdInstaller(e *env, args []string) error {
 	node := fs.String("node", "", "node name (required)")
 	stateDir := fs.String("state-dir", "/var/lib/keyclient", "the node's keyclient state directory")
 	ttl := fs.Duration("ttl", 0, "lifetime of the fresh token (default: the keyserver's, 1h)")
-	var ips multi
+	var ips, groups multi
 	fs.Var(&ips, "ip", "source address the token may be redeemed from (repeatable)")
+	fs.Var(&groups, "group", "policy group the node joins when admitted (repeatable)")
 	token := fs.String("token", "", "use this already issued token instead of issuing a fresh one")
 	if _, err := parse(fs, args, 0, "no arguments"); err != nil {
 		return err
@@ -37,7 +38,7 @@ func cmdInstaller(e *env, args []string) error {
 	}
 	id := "given with --token"
 	if *token == "" {
-		resp, err := issueToken(e, c, *node, *ttl, ips)
+		resp, err := issueToken(e, c, *node, *ttl, ips, groups)
 		if err != nil {
 			return err
 		}

@@ -1,11 +1,18 @@
 // Command keyctl is the keysystem's administration tool.
 //
 //	keyctl init --dir DIR --listen ADDR [--name NAME ...]
-//	keyctl [--config FILE] token issue --node NAME [--ttl D] [--ip ADDR ...]
+//	keyctl authority create NAME --dir DIR [--parent ROOTNAME | --shared-root] [--key-type T] [--intermediate]
+//	keyctl authority list --dir DIR
+//	keyctl policy check FILE [--authorities DIR]
+//	keyctl [--config FILE] policy explain --node NAME [--grant G] [--group G ...] [--ip ADDR ...] [FILE]
+//	keyctl [--config FILE] policy reload | policy status
+//	keyctl [--config FILE] token issue --node NAME [--ttl D] [--ip ADDR ...] [--group G ...]
 //	keyctl [--config FILE] token list | token revoke ID
 //	keyctl [--config FILE] node list | node revoke NAME
 //	keyctl [--config FILE] installer --node NAME [--state-dir DIR]
 //
+// init and authority work on the files of a keyserver directory and need
+// no running keyserver.
 // KEYCTL_CONFIG may stand in for --config. Exit codes: 0 success, 1 refused
 // or failed, 2 bad usage or configuration.
 package main
@@ -48,19 +55,25 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"init", "--dir DIR --listen ADDR [--name NAME ...]", "write a new keyserver directory", cmdInit},
-		{"token issue", "--node NAME [--ttl D] [--ip ADDR ...]", "issue a one-time admission token (printed once, alone on stdout)", cmdTokenIssue},
+		{"authority create", "NAME --dir DIR [--parent ROOTNAME | --shared-root] [--key-type T] [--intermediate]", "create a named authority in a keyserver directory", cmdAuthorityCreate},
+		{"authority list", "--dir DIR", "list a keyserver directory's authorities", cmdAuthorityList},
+		{"policy check", "FILE [--authorities DIR]", "validate a policy file offline; every problem as file:line: message", cmdPolicyCheck},
+		{"policy explain", "--node NAME [--grant G] [--group G ...] [--ip ADDR ...] [FILE]", "show the grants a node gets and the exact names each carries", cmdPolicyExplain},
+		{"policy reload", "", "make the keyserver reload its policy (a bad file is refused, the old one stays)", cmdPolicyReload},
+		{"policy status", "[--json]", "show the policy the keyserver is serving", cmdPolicyStatus},
+		{"token issue", "--node NAME [--ttl D] [--ip ADDR ...] [--group G ...]", "issue a one-time admission token (printed once, alone on stdout)", cmdTokenIssue},
 		{"token list", "[--json]", "list tokens (never their secrets)", cmdTokenList},
 		{"token revoke", "ID", "revoke a pending token", cmdTokenRevoke},
 		{"node list", "[--json]", "list admitted nodes", cmdNodeList},
 		{"node revoke", "NAME", "revoke a node: its CGC stops working at once", cmdNodeRevoke},
-		{"installer", "--node NAME [--state-dir DIR] [--ttl D] [--ip ADDR ...]", "print a keyclient config for a new node, with a fresh token", cmdInstaller},
+		{"installer", "--node NAME [--state-dir DIR] [--ttl D] [--ip ADDR ...] [--group G ...]", "print a keyclient config for a new node, with a fresh token", cmdInstaller},
 	}
 }
 
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "Usage: keyctl [--config FILE] COMMAND [flags]\n\nCommands:\n")
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-13s %s\n  %-13s   %s\n", c.name, c.args, "", c.help)
+		fmt.Fprintf(w, "  %-16s %s\n  %-16s   %s\n", c.name, c.args, "", c.help)
 	}
 	fmt.Fprintf(w, `
 --config (or KEYCTL_CONFIG) names the keyctl.yaml that keyctl init wrote.
@@ -121,18 +134,39 @@ func (e *env) flags(name string) *flag.FlagSet {
 	return fs
 }
 
-// parse parses a command's flags and wants exactly nargs positional args.
+// parse parses a command's flags and wants exactly nargs positional
+// arguments, which may come before, between or after the flags
+// (keyctl policy check FILE --authorities DIR).
 func parse(fs *flag.FlagSet, args []string, nargs int, what string) ([]string, error) {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, err
-		}
-		return nil, usageError{err}
+	pos, err := positional(fs, args)
+	if err != nil {
+		return nil, err
 	}
-	if fs.NArg() != nargs {
+	if len(pos) != nargs {
 		return nil, usageError{fmt.Errorf("%s: want %s", fs.Name(), what)}
 	}
-	return fs.Args(), nil
+	return pos, nil
+}
+
+// positional parses flags wherever they are and returns the other
+// arguments; after "--" everything is positional.
+func positional(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, usageError{err}
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		if len(args) > fs.NArg() && args[len(args)-fs.NArg()-1] == "--" {
+			return append(pos, fs.Args()...), nil
+		}
+		pos, args = append(pos, fs.Arg(0)), fs.Args()[1:]
+	}
 }
 
 // multi is a repeatable string flag.

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -11,9 +12,9 @@ import (
 )
 
 // issueToken asks the keyserver for a token.
-func issueToken(e *env, c *adminClient, node string, ttl time.Duration, ips []string) (*api.TokenResponse, error) {
+func issueToken(e *env, c *adminClient, node string, ttl time.Duration, ips, groups []string) (*api.TokenResponse, error) {
 	var resp api.TokenResponse
-	err := c.do(e, "POST", api.PathTokens, api.TokenRequest{Node: node, TTL: api.Duration(ttl), IPs: ips}, &resp)
+	err := c.do(e, "POST", api.PathTokens, api.TokenRequest{Node: node, TTL: api.Duration(ttl), IPs: ips, Groups: groups}, &resp)
 	return &resp, err
 }
 
@@ -21,8 +22,9 @@ func cmdTokenIssue(e *env, args []string) error {
 	fs := e.flags("token issue")
 	node := fs.String("node", "", "node name the token admits (required)")
 	ttl := fs.Duration("ttl", 0, "token lifetime (default: the keyserver's, 1h)")
-	var ips multi
-	fs.Var(&ips, "ip", "source address the token may be redeemed from (repeatable)")
+	var ips, groups multi
+	fs.Var(&ips, "ip", "source address the token may be redeemed from (repeatable); the policy sees it as {{.IPs}}")
+	fs.Var(&groups, "group", "policy group the node joins when admitted (repeatable)")
 	if _, err := parse(fs, args, 0, "no arguments"); err != nil {
 		return err
 	}
@@ -33,7 +35,7 @@ func cmdTokenIssue(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	resp, err := issueToken(e, c, *node, *ttl, ips)
+	resp, err := issueToken(e, c, *node, *ttl, ips, groups)
 	if err != nil {
 		return err
 	}
@@ -46,9 +48,13 @@ func cmdTokenIssue(e *env, args []string) error {
 func cmdTokenList(e *env, args []string) error {
 	var list api.TokenList
 	return listCommand(e, "token list", args, api.PathTokens, &list, func(w io.Writer) {
-		fmt.Fprintln(w, "ID\tNODE\tSTATE\tEXPIRES\tCREATOR")
+		fmt.Fprintln(w, "ID\tNODE\tSTATE\tEXPIRES\tGROUPS\tCREATOR")
 		for _, t := range list.Tokens {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", t.ID, t.Node, t.State, t.Expires.Local().Format(time.RFC3339), t.Creator)
+			groups := strings.Join(t.Groups, ",")
+			if groups == "" {
+				groups = "-"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Node, t.State, t.Expires.Local().Format(time.RFC3339), groups, t.Creator)
 		}
 	})
 }

@@ -1,6 +1,6 @@
 // Command keyserver serves the keysystem's HTTPS API.
 //
-//	keyserver --config DIR/keyserver.yaml
+//	keyserver --config DIR/keyserver.yaml   (SIGHUP reloads the policy)
 //	keyserver --dev [--listen 127.0.0.1:8443] [--dir ./keysystem-dev]
 //
 // Exit codes: 0 after a clean shutdown (SIGTERM or SIGINT), 1 when serving
@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 
 	"github.com/keysystem/keysystem/admission"
@@ -84,12 +85,36 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer closer.Close()
+	// Catch SIGHUP before anyone can see the keyserver listening: its
+	// default action would kill the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	l, err := net.Listen("tcp", fc.Listen)
 	if err != nil {
 		return err
 	}
-	logger.Info("keyserver listening", "addr", l.Addr().String(), "names", fc.Names, "store", fc.Store.Path)
+	logger.Info("keyserver listening", "addr", l.Addr().String(), "names", fc.Names, "store", fc.Store.Path, "policy", fc.Policy)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	hupCtx, stopHUP := context.WithCancel(ctx)
+	defer stopHUP()
+	wg.Go(func() { reloadOnHUP(hupCtx, hup, srv) })
 	return srv.Serve(ctx, l)
+}
+
+// reloadOnHUP reloads the policy on every SIGHUP until ctx ends. A file
+// that is refused leaves the last good policy in force; ReloadPolicy logs
+// and audits either way.
+func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, srv *keyserver.Server) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			srv.ReloadPolicy("signal:SIGHUP")
+		}
+	}
 }
 
 // serveDev runs a throw-away keyserver (seed 003: an embedded CA so that

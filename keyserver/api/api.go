@@ -88,6 +88,7 @@ type GrantInfo struct {
 	RootPin     string   `json:"root_pin,omitempty"` // sha256:<hex> of the authority root's public key
 	Usage       string   `json:"usage,omitempty"`    // server, client or both
 	CommonName  string   `json:"common_name,omitempty"`
+	Subject     string   `json:"subject,omitempty"` // the whole subject, RFC 2253
 	DNSNames    []string `json:"dns,omitempty"`
 	IPAddresses []string `json:"ips,omitempty"`
 	URIs        []string `json:"uris,omitempty"`
