@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -26,6 +27,42 @@ type Config struct {
 	TokenFile   string   `yaml:"token_file,omitempty"` // removed once the token is spent
 	StateDir    string   `yaml:"state_dir"`
 	KeyType     string   `yaml:"key_type,omitempty"` // ecdsa-p256 (default), ed25519, rsa-3072
+
+	// CheckInterval is how often the items' files on disk are checked
+	// (read and parsed, no keyserver call); default 1m.
+	CheckInterval string `yaml:"check_interval,omitempty"`
+	Items         []Item `yaml:"items,omitempty"`
+}
+
+// Item is one thing the node keeps fresh besides its CGC: a certificate
+// for a policy grant (type x509) or a static file (type static). Fields
+// that do not belong to the item's type are refused.
+type Item struct {
+	Type string `yaml:"type"` // x509 or static
+
+	// x509: the grant, where its key and certificates go, and what to ask for.
+	Grant     string   `yaml:"grant,omitempty"`
+	Key       string   `yaml:"key,omitempty"`       // required
+	Cert      string   `yaml:"cert,omitempty"`      // required, the leaf alone
+	Chain     string   `yaml:"chain,omitempty"`     // issuer chain, no root
+	FullChain string   `yaml:"fullchain,omitempty"` // leaf + chain
+	CA        string   `yaml:"ca,omitempty"`        // the authority's root
+	KeyType   string   `yaml:"key_type,omitempty"`  // default ecdsa-p256
+	DNS       []string `yaml:"dns,omitempty"`       // extra names to ask for, within the grant's allow
+	IPs       []string `yaml:"ips,omitempty"`
+	URIs      []string `yaml:"uris,omitempty"`
+
+	// static: the grant's name and where its content goes.
+	Name string `yaml:"name,omitempty"`
+	Path string `yaml:"path,omitempty"`
+
+	// Both types.
+	Owner         string `yaml:"owner,omitempty"`          // user name or uid; default: keyclient's own
+	Group         string `yaml:"group,omitempty"`          // group name or gid
+	Mode          string `yaml:"mode,omitempty"`           // octal; x509: the key's (default 0600), static: the file's (default 0644)
+	Reload        string `yaml:"reload,omitempty"`         // run by /bin/sh -c after the item's files changed
+	ReloadTimeout string `yaml:"reload_timeout,omitempty"` // default 30s
+	Refresh       string `yaml:"refresh,omitempty"`        // how often the keyserver is asked; default 1h
 }
 
 // ConfigError is a configuration that cannot work; the command line maps it
@@ -52,7 +89,12 @@ func LoadConfig(path string) (*Config, error) {
 		return nil, &ConfigError{fmt.Errorf("keyclient: config %s: %w", path, err)}
 	}
 	base := filepath.Dir(path)
-	for _, p := range []*string{&c.StateDir, &c.TokenFile} {
+	paths := []*string{&c.StateDir, &c.TokenFile}
+	for i := range c.Items {
+		it := &c.Items[i]
+		paths = append(paths, &it.Key, &it.Cert, &it.Chain, &it.FullChain, &it.CA, &it.Path)
+	}
+	for _, p := range paths {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)
 		}
@@ -63,8 +105,15 @@ func LoadConfig(path string) (*Config, error) {
 	return &c, nil
 }
 
-// Check reports every problem with c.
+// Check reports every problem with c, the items' included.
 func (c *Config) Check() error {
+	_, err := c.settings()
+	return err
+}
+
+// settings checks c and resolves what the items and check_interval say
+// into the form the client runs on: durations, modes, owners.
+func (c *Config) settings() (*settings, error) {
 	var errs []error
 	if err := tokens.ValidNodeName(c.Node); err != nil {
 		errs = append(errs, fmt.Errorf("node: %w", err))
@@ -97,7 +146,21 @@ func (c *Config) Check() error {
 	if _, err := authority.ParseKeyType(c.KeyType); err != nil {
 		errs = append(errs, fmt.Errorf("key_type: %w", err))
 	}
-	return errors.Join(errs...)
+	s := &settings{checkInterval: defaultCheckInterval}
+	if c.CheckInterval != "" {
+		d, err := parseDuration(c.CheckInterval, time.Second, 24*time.Hour)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("check_interval: %w", err))
+		}
+		s.checkInterval = d
+	}
+	specs, itemErrs := c.resolveItems()
+	s.items = specs
+	errs = append(errs, itemErrs...)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // token returns the admission token, from the file when one is named.

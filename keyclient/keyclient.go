@@ -1,11 +1,17 @@
 // Package keyclient is the node's side of the keysystem: it admits the node
 // with its one-time token, keeps its certificate-granting certificate (CGC)
-// fresh, and writes what it gets atomically.
+// fresh, and with the CGC keeps every item of its configuration fresh:
+// certificates for the policy's x509 grants and the policy's static files.
+// It writes what it gets atomically, with the configured owner and mode,
+// and runs each item's reload command after a change.
 //
-// Keys are generated here and never leave the node. The keyserver is
-// trusted only through the trust anchor pinned in the configuration; the
-// token is sent only to a keyserver that proved it holds that anchor's
-// certificate chain, and is forgotten once spent.
+// Keys are generated here and never leave the node; every new certificate
+// gets a new key. The keyserver is trusted only through the trust anchor
+// pinned in the configuration; the token is sent only to a keyserver that
+// proved it holds that anchor's certificate chain, and is forgotten once
+// spent. What a keyserver sends is checked before it is written: a
+// certificate must be for the node's own key, chain to the root the grant
+// names, and say what the grant says; a static file must match its digest.
 package keyclient
 
 import (
@@ -25,6 +31,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -68,24 +75,37 @@ type Options struct {
 	MaxBackoff     time.Duration // retries never wait longer; default 10m
 }
 
-// Client keeps one node's CGC fresh.
+// Client keeps one node's CGC and items fresh. Once and Run are not to be
+// used at the same time.
 type Client struct {
 	cfg  *Config
+	set  *settings
 	opts Options
 	log  *slog.Logger
-	rnd  *mrand.Rand
+	rnd  *mrand.Rand // the CGC's jitter; each item has its own
 
-	mu       sync.Mutex
-	anchor   *x509.Certificate
-	key      crypto.Signer       // the CGC's key; nil before admission
-	certs    []*x509.Certificate // the CGC, then its issuer chain
-	renewAt  time.Time           // when the CGC is due, drawn once per certificate
-	failures int
+	mu       sync.Mutex // one CGC pass at a time
+	failures int        // consecutive failed CGC passes in Run
+
+	// The CGC and the anchor are changed only under both mu and stateMu;
+	// items read them under stateMu alone, so that they need not wait for
+	// a CGC pass, which may spend a while on the network.
+	stateMu    sync.Mutex
+	anchor     *x509.Certificate
+	key        crypto.Signer       // the CGC's key; nil before admission
+	certs      []*x509.Certificate // the CGC, then its issuer chain
+	renewAt    time.Time           // when the CGC is due, drawn once per certificate
+	cgcChanged chan struct{}       // closed (and replaced) when the CGC changes, to wake waiting items
+
+	items  []*item
+	remote remote // the keyservers, as the items see them
+	status *statusBook
 }
 
 // New returns a Client for cfg.
 func New(cfg *Config, opts Options) (*Client, error) {
-	if err := cfg.Check(); err != nil {
+	set, err := cfg.settings()
+	if err != nil {
 		return nil, &ConfigError{fmt.Errorf("keyclient: %w", err)}
 	}
 	if opts.Clock == nil {
@@ -110,39 +130,82 @@ func New(cfg *Config, opts Options) (*Client, error) {
 	if _, err := io.ReadFull(opts.Rand, seed[:]); err != nil {
 		return nil, fmt.Errorf("keyclient: seed jitter: %w", err)
 	}
-	c := &Client{cfg: cfg, opts: opts, log: opts.Logger, rnd: mrand.New(mrand.NewChaCha8(seed))}
+	c := &Client{
+		cfg: cfg, set: set, opts: opts, log: opts.Logger,
+		rnd:        mrand.New(mrand.NewChaCha8(seed)),
+		cgcChanged: make(chan struct{}),
+	}
+	c.remote = httpRemote{c}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, &ConfigError{fmt.Errorf("keyclient: state_dir: %w", err)}
 	}
 	if err := c.loadState(); err != nil {
 		return nil, err
 	}
+	c.initItems()
 	return c, nil
 }
 
 // Action says what a pass did.
 type Action string
 
-// Actions of a pass.
+// Actions of a pass. The CGC is admitted or renewed; an item is issued
+// (first time), renewed (due, or forced), updated (the grant or the
+// static file changed at the keyserver), or recreated (its files on disk
+// were missing, unreadable or did not match).
 const (
-	ActionNone     Action = "none"     // the CGC is valid and not yet due
-	ActionAdmitted Action = "admitted" // the token was traded for a first CGC
-	ActionRenewed  Action = "renewed"  // the CGC was replaced by a new one, for a new key
+	ActionNone      Action = "none"     // valid and not yet due: nothing written
+	ActionAdmitted  Action = "admitted" // the token was traded for a first CGC
+	ActionRenewed   Action = "renewed"  // replaced by a new certificate, for a new key
+	ActionIssued    Action = "issued"
+	ActionUpdated   Action = "updated"
+	ActionRecreated Action = "recreated"
+	ActionFailed    Action = "failed"
 )
+
+// ErrItemsFailed is returned by Once when one or more items could not be
+// made valid; Report.Items says which and why.
+var ErrItemsFailed = errors.New("keyclient: items failed")
 
 // Report is the outcome of one pass.
 type Report struct {
-	Action   Action
-	Cert     *x509.Certificate   // the CGC now held
+	Action   Action              // the CGC's
+	Cert     *x509.Certificate   // the CGC now held; nil when there is none
 	Chain    []*x509.Certificate // its issuer chain
 	Previous *x509.Certificate   // the CGC it replaced, for ActionRenewed
 	RenewAt  time.Time           // when the next renewal is due
+	Items    []ItemResult        // one per item, in the order of the config
 }
 
-// Once makes sure the node holds a valid CGC: it admits the node when it
-// has none (or only an expired one), renews it when due (or when force is
-// set), and otherwise does nothing.
+// Once does one pass: it makes sure the node holds a valid CGC (admitting
+// the node when it has none or only an expired one, renewing it when due),
+// then does the same for every item in turn. force renews the CGC and
+// every certificate, and fetches every static file, even if not due. An
+// item's failure does not stop the others; the error joins the CGC's
+// failure, if any, and ErrItemsFailed when an item failed. The report is
+// never nil.
 func (c *Client) Once(ctx context.Context, force bool) (*Report, error) {
+	rep, err := c.cgcPass(ctx, force)
+	c.recordCGC(err, time.Time{})
+	if rep == nil {
+		rep = c.heldReport(ActionFailed)
+	}
+	var failed []string
+	for _, it := range c.items {
+		res := c.itemPass(ctx, it, force, true)
+		rep.Items = append(rep.Items, res)
+		if res.Err != nil {
+			failed = append(failed, it.spec.name)
+		}
+	}
+	if len(failed) > 0 {
+		err = errors.Join(err, fmt.Errorf("%w: %s", ErrItemsFailed, strings.Join(failed, ", ")))
+	}
+	return rep, err
+}
+
+// cgcPass makes sure the node holds a valid CGC.
+func (c *Client) cgcPass(ctx context.Context, force bool) (*Report, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.opts.Clock.Now()
@@ -155,16 +218,29 @@ func (c *Client) Once(ctx context.Context, force bool) (*Report, error) {
 	return c.renew(ctx)
 }
 
-// Run keeps the CGC fresh until ctx is cancelled: a pass now, then one at
-// each renewal time; a failed pass is retried with exponential backoff and
-// jitter, up to MaxBackoff.
+// Run keeps the CGC and every item fresh until ctx is cancelled. Each item
+// runs in its own goroutine, so that one item's failures, backoff or slow
+// reload command never delay another; Run returns once all have stopped.
 func (c *Client) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, it := range c.items {
+		wg.Go(func() { c.runItem(ctx, it) })
+	}
+	c.runCGC(ctx)
+	wg.Wait()
+	return nil
+}
+
+// runCGC keeps the CGC fresh: a pass now, then one at each renewal time;
+// a failed pass is retried with exponential backoff and jitter, up to
+// MaxBackoff.
+func (c *Client) runCGC(ctx context.Context) {
 	for {
 		var wait time.Duration
-		rep, err := c.Once(ctx, false)
+		rep, err := c.cgcPass(ctx, false)
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil
+				return
 			}
 			c.failures++
 			wait = c.backoff(c.failures)
@@ -176,27 +252,35 @@ func (c *Client) Run(ctx context.Context) error {
 				c.log.Info("CGC "+string(rep.Action), "serial", authority.SerialText(rep.Cert), "not_after", rep.Cert.NotAfter, "renew_at", rep.RenewAt)
 			}
 		}
-		if wait < 0 {
-			wait = 0
+		wait = max(wait, 0)
+		var next time.Time
+		if err != nil {
+			next = c.opts.Clock.Now().Add(wait)
 		}
+		c.recordCGC(err, next)
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-c.opts.Clock.After(wait):
 		}
 	}
 }
 
-// backoff is the wait after the n-th consecutive failure: MinBackoff
-// doubled each time up to MaxBackoff, then "equal jitter" (half fixed,
-// half random), so a fleet that failed together does not retry together.
+// backoff is the wait after the n-th consecutive failure of the CGC.
 func (c *Client) backoff(n int) time.Duration {
-	d := c.opts.MinBackoff
-	for i := 1; i < n && d < c.opts.MaxBackoff; i++ {
+	return backoff(c.opts.MinBackoff, c.opts.MaxBackoff, n, c.rnd)
+}
+
+// backoff is the wait after the n-th consecutive failure: lo doubled each
+// time up to hi, then "equal jitter" (half fixed, half random), so a fleet
+// that failed together does not retry together.
+func backoff(lo, hi time.Duration, n int, rnd *mrand.Rand) time.Duration {
+	d := lo
+	for i := 1; i < n && d < hi; i++ {
 		d *= 2
 	}
-	d = min(d, c.opts.MaxBackoff)
-	return d/2 + time.Duration(c.rnd.Int64N(int64(d/2)+1))
+	d = min(d, hi)
+	return d/2 + time.Duration(rnd.Int64N(int64(d/2)+1))
 }
 
 // RenewTime is when a certificate valid from notBefore to notAfter is due:
@@ -211,6 +295,16 @@ func RenewTime(notBefore, notAfter time.Time, u float64) time.Time {
 
 func (c *Client) report(a Action, prev *x509.Certificate) *Report {
 	return &Report{Action: a, Cert: c.certs[0], Chain: c.certs[1:], Previous: prev, RenewAt: c.renewAt}
+}
+
+// heldReport describes whatever CGC is held, after a failed pass.
+func (c *Client) heldReport(a Action) *Report {
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
+	if c.certs == nil {
+		return &Report{Action: a}
+	}
+	return &Report{Action: a, Cert: c.certs[0], Chain: c.certs[1:], RenewAt: c.renewAt}
 }
 
 func (c *Client) admit(ctx context.Context) (*Report, error) {
@@ -349,17 +443,46 @@ func (c *Client) install(key crypto.Signer, resp *api.CertificateResponse) error
 }
 
 func (c *Client) setCGC(key crypto.Signer, certs []*x509.Certificate) {
-	c.key, c.certs = key, certs
-	c.renewAt = RenewTime(certs[0].NotBefore, certs[0].NotAfter, c.rnd.Float64())
+	renewAt := RenewTime(certs[0].NotBefore, certs[0].NotAfter, c.rnd.Float64())
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
+	c.key, c.certs, c.renewAt = key, certs, renewAt
+	close(c.cgcChanged)
+	c.cgcChanged = make(chan struct{})
 }
 
-// credential is the CGC as a TLS client certificate.
-func (c *Client) credential() tls.Certificate {
+// credential is the CGC as a TLS client certificate. Whether it is still
+// valid is the keyserver's to judge (a policy may let an expired CGC
+// renew itself for a while); items check first, with requireCGC.
+func (c *Client) credential() (tls.Certificate, error) {
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
+	if c.certs == nil {
+		return tls.Certificate{}, ErrNoCGC
+	}
 	tc := tls.Certificate{PrivateKey: c.key, Leaf: c.certs[0]}
 	for _, cert := range c.certs {
 		tc.Certificate = append(tc.Certificate, cert.Raw)
 	}
-	return tc
+	return tc, nil
+}
+
+// requireCGC fails with ErrNoCGC unless a CGC valid at now is held: items
+// wait for one rather than be refused.
+func (c *Client) requireCGC(now time.Time) error {
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
+	if c.certs == nil || !now.Before(c.certs[0].NotAfter) {
+		return ErrNoCGC
+	}
+	return nil
+}
+
+// cgcSignal is closed when the CGC next changes.
+func (c *Client) cgcSignal() <-chan struct{} {
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
+	return c.cgcChanged
 }
 
 // loadState reads the anchor and the CGC from the state directory. A CGC
@@ -371,7 +494,7 @@ func (c *Client) loadState() error {
 		if err != nil || authority.SPKIPin(cert) != c.cfg.TrustAnchor {
 			c.log.Warn("ignoring a stored anchor that does not match the pin", "file", AnchorFile)
 		} else {
-			c.anchor = cert
+			c.setAnchor(cert)
 		}
 	}
 	data, err := os.ReadFile(filepath.Join(c.cfg.StateDir, CGCFile))
@@ -414,21 +537,31 @@ func parseCGCFile(data []byte) (crypto.Signer, []*x509.Certificate, error) {
 	return key, certs, nil
 }
 
-// State is what the node holds now, for status displays.
+// State is the CGC the node holds now, for status displays.
 func (c *Client) State() (cert *x509.Certificate, renewAt time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
 	if c.certs == nil {
 		return nil, time.Time{}
 	}
 	return c.certs[0], c.renewAt
 }
 
+func (c *Client) setAnchor(a *x509.Certificate) {
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
+	c.anchor = a
+}
+
 // trust returns the keyserver's root, discovering it by the pin on first
-// contact and keeping it in the state directory.
+// contact and keeping it in the state directory. Two callers discovering
+// it at once both find the same root and write the same file.
 func (c *Client) trust(ctx context.Context) (*x509.Certificate, error) {
-	if c.anchor != nil {
-		return c.anchor, nil
+	c.stateMu.Lock()
+	a := c.anchor
+	c.stateMu.Unlock()
+	if a != nil {
+		return a, nil
 	}
 	var errs []error
 	for _, s := range c.cfg.Servers {
@@ -443,16 +576,32 @@ func (c *Client) trust(ctx context.Context) (*x509.Certificate, error) {
 		if err := keyfile.Write(filepath.Join(c.cfg.StateDir, AnchorFile), authority.EncodePEM(a), 0o644); err != nil {
 			return nil, err
 		}
-		c.anchor = a
+		c.setAnchor(a)
 		return a, nil
 	}
 	return nil, errors.Join(errs...)
 }
 
-// call sends one request to the first keyserver that answers. An answer
-// from the API (even a refusal) ends the search, since keyservers share
-// their state; only a failure to reach one moves on to the next.
+// call sends one JSON request to the first keyserver that answers and
+// decodes its answer into out; withCGC presents the node's CGC.
 func (c *Client) call(ctx context.Context, method, path string, in, out any, withCGC bool) error {
+	var body []byte
+	if in != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
+			return err
+		}
+	}
+	return c.roundTrip(ctx, method, path, body, withCGC, func(resp *http.Response) error {
+		return api.ReadResponse(resp, 1<<20, out)
+	})
+}
+
+// roundTrip sends one request to the first keyserver that answers and
+// hands its answer to read. An answer from the API (even a refusal) ends
+// the search, since keyservers share their state; only a failure to reach
+// one, or a 5xx answer, moves on to the next.
+func (c *Client) roundTrip(ctx context.Context, method, path string, body []byte, withCGC bool, read func(*http.Response) error) error {
 	anchor, err := c.trust(ctx)
 	if err != nil {
 		return err
@@ -461,18 +610,18 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any, wit
 	roots.AddCert(anchor)
 	tlsc := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, Time: c.opts.Clock.Now}
 	if withCGC {
-		tlsc.Certificates = []tls.Certificate{c.credential()}
-	}
-	hc := &http.Client{
-		Timeout:   c.opts.RequestTimeout,
-		Transport: &http.Transport{TLSClientConfig: tlsc, ForceAttemptHTTP2: true, DisableKeepAlives: true},
-	}
-	var body []byte
-	if in != nil {
-		if body, err = json.Marshal(in); err != nil {
+		cred, err := c.credential()
+		if err != nil {
 			return err
 		}
+		tlsc.Certificates = []tls.Certificate{cred}
 	}
+	tr := &http.Transport{TLSClientConfig: tlsc, ForceAttemptHTTP2: true, DisableKeepAlives: true}
+	// DisableKeepAlives alone can leave an HTTP/2 connection open after its
+	// one request, which then holds up a keyserver's graceful shutdown for
+	// its full timeout; this transport is never used again, so close it.
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Timeout: c.opts.RequestTimeout, Transport: tr}
 	var errs []error
 	for _, s := range c.cfg.Servers {
 		req, err := http.NewRequestWithContext(ctx, method, s+path, bytes.NewReader(body))
@@ -485,7 +634,7 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any, wit
 			errs = append(errs, err)
 			continue
 		}
-		err = api.ReadResponse(resp, 1<<20, out)
+		err = read(resp)
 		var ae *api.Error
 		if errors.As(err, &ae) && ae.Status >= 500 {
 			errs = append(errs, err)

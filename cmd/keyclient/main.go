@@ -1,15 +1,22 @@
-// Command keyclient is the node daemon of the keysystem.
+// Command keyclient is the node daemon of the keysystem: it admits the
+// node with its one-time token, keeps its certificate-granting certificate
+// (CGC) fresh, and with it every item of its configuration (certificates
+// for the policy's x509 grants, static files), running each item's reload
+// command after a change.
 //
-//	keyclient once --config FILE [--renew]   one pass, then exit (boot time, systemd oneshot)
-//	keyclient run  --config FILE             keep everything fresh until SIGTERM
+//	keyclient once   --config FILE [--renew]  one pass over the CGC and every item, then exit (boot time, systemd oneshot)
+//	keyclient run    --config FILE            keep everything fresh until SIGTERM
+//	keyclient status --config FILE [--json]   what is on disk and how the last attempts went; calls no keyserver
 //
-// Exit codes: 0 success (for once: the node holds a valid CGC), 1 refused
-// or failed, 2 bad usage or configuration.
+// Exit codes: 0 success (for once: the CGC and every item are valid; for
+// status: nothing expired, missing, invalid or failing), 1 refused, failed
+// or unhealthy, 2 bad usage or configuration.
 package main
 
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,6 +26,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/keysystem/keysystem/keyclient"
@@ -31,10 +39,13 @@ func main() {
 }
 
 const usageText = `Usage:
-  keyclient once --config FILE [--renew]   one pass: admit or renew as needed, then exit
-  keyclient run  --config FILE             keep the node's credentials fresh until stopped
+  keyclient once   --config FILE [--renew]  one pass: admit or renew the CGC as needed, then every item; exit
+  keyclient run    --config FILE            keep the CGC and every item fresh until stopped
+  keyclient status --config FILE [--json]   the CGC and every item as found on disk, with the last errors
 
-Exit codes: 0 success, 1 refused or failed, 2 bad usage or configuration.
+once --renew renews the CGC and every certificate and fetches every static file now.
+Exit codes: 0 success (once: the CGC and every item are valid; status: all healthy),
+1 refused, failed or unhealthy, 2 bad usage or configuration.
 `
 
 type usageError struct{ error }
@@ -64,16 +75,19 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprint(stdout, usageText)
 		return nil
 	}
-	if cmd != "once" && cmd != "run" {
+	if cmd != "once" && cmd != "run" && cmd != "status" {
 		fmt.Fprint(stderr, usageText)
 		return usageError{fmt.Errorf("unknown command %q", cmd)}
 	}
 	fs := flag.NewFlagSet("keyclient "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	config := fs.String("config", "", "keyclient configuration file (from keyctl installer)")
-	var renew *bool
-	if cmd == "once" {
-		renew = fs.Bool("renew", false, "renew the CGC now even if it is not yet due")
+	var renew, asJSON *bool
+	switch cmd {
+	case "once":
+		renew = fs.Bool("renew", false, "renew the CGC and every certificate, and fetch every static file, even if not yet due")
+	case "status":
+		asJSON = fs.Bool("json", false, "print JSON instead of a table")
 	}
 	verbose := fs.Bool("v", false, "verbose logging")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -86,29 +100,29 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fs.Usage()
 		return usageError{errors.New("--config FILE is required, and nothing else")}
 	}
+	cfg, err := keyclient.LoadConfig(*config)
+	if err != nil {
+		return err
+	}
+	if cmd == "status" {
+		return status(stdout, cfg, *asJSON, time.Now())
+	}
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	cfg, err := keyclient.LoadConfig(*config)
-	if err != nil {
-		return err
-	}
 	c, err := keyclient.New(cfg, keyclient.Options{Logger: logger})
 	if err != nil {
 		return err
 	}
 	if cmd == "run" {
-		logger.Info("keyclient running", "node", cfg.Node, "servers", cfg.Servers)
+		logger.Info("keyclient running", "node", cfg.Node, "servers", cfg.Servers, "items", len(cfg.Items))
 		return c.Run(ctx)
 	}
 	rep, err := c.Once(ctx, *renew)
-	if err != nil {
-		return err
-	}
 	describe(stdout, cfg.Node, rep)
-	return nil
+	return err
 }
 
 func describe(w io.Writer, node string, r *keyclient.Report) {
@@ -117,21 +131,107 @@ func describe(w io.Writer, node string, r *keyclient.Report) {
 		fmt.Fprintf(w, "node %s admitted: new certificate-granting certificate\n", node)
 	case keyclient.ActionRenewed:
 		fmt.Fprintf(w, "node %s renewed its certificate-granting certificate (new key)\n  previous serial: %x\n", node, r.Previous.SerialNumber)
+	case keyclient.ActionFailed:
+		fmt.Fprintf(w, "node %s: keeping the certificate-granting certificate failed\n", node)
 	default:
 		fmt.Fprintf(w, "node %s holds a valid certificate-granting certificate; nothing to do\n", node)
 	}
-	c := r.Cert
-	var uris []string
-	for _, u := range c.URIs {
-		uris = append(uris, u.String())
+	if c := r.Cert; c != nil {
+		var uris []string
+		for _, u := range c.URIs {
+			uris = append(uris, u.String())
+		}
+		fmt.Fprintf(w, "  subject:         %s (%s)\n", c.Subject, strings.Join(uris, ", "))
+		fmt.Fprintf(w, "  serial:          %x\n", c.SerialNumber)
+		fmt.Fprintf(w, "  valid:           %s to %s\n", ts(c.NotBefore), ts(c.NotAfter))
+		fmt.Fprintf(w, "  issuer chain:    %s\n", chainText(c, r.Chain))
+		fmt.Fprintf(w, "  next renewal:    %s\n", ts(r.RenewAt))
 	}
-	ts := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
-	fmt.Fprintf(w, "  subject:         %s (%s)\n", c.Subject, strings.Join(uris, ", "))
-	fmt.Fprintf(w, "  serial:          %x\n", c.SerialNumber)
-	fmt.Fprintf(w, "  valid:           %s to %s\n", ts(c.NotBefore), ts(c.NotAfter))
-	fmt.Fprintf(w, "  issuer chain:    %s\n", chainText(c, r.Chain))
-	fmt.Fprintf(w, "  next renewal:    %s\n", ts(r.RenewAt))
+	for _, it := range r.Items {
+		fmt.Fprintln(w, itemLine(it))
+	}
 }
+
+// itemLine is the one line once prints for an item.
+func itemLine(r keyclient.ItemResult) string {
+	head := fmt.Sprintf("%s %s: ", r.Type, r.Name)
+	if r.Err != nil {
+		return head + "FAILED: " + oneLine(r.Err.Error())
+	}
+	var b strings.Builder
+	b.WriteString(head)
+	if r.Action == keyclient.ActionNone {
+		b.WriteString("valid, nothing to do")
+	} else {
+		b.WriteString(string(r.Action))
+	}
+	if !r.NotAfter.IsZero() {
+		fmt.Fprintf(&b, "; valid until %s", ts(r.NotAfter))
+	}
+	if !r.RenewAt.IsZero() {
+		what := "next renewal"
+		if r.Type == keyclient.TypeStatic {
+			what = "next refresh"
+		}
+		fmt.Fprintf(&b, "; %s %s", what, ts(r.RenewAt))
+	}
+	if r.ReloadErr != nil {
+		fmt.Fprintf(&b, "; RELOAD FAILED (the daemon retries it): %s", oneLine(r.ReloadErr.Error()))
+	}
+	return b.String()
+}
+
+// errUnhealthy is status's exit 1.
+var errUnhealthy = errors.New("something needs attention")
+
+// status prints the CGC and every item, as found on disk.
+func status(w io.Writer, cfg *keyclient.Config, asJSON bool, now time.Time) error {
+	lines, err := keyclient.Inspect(cfg, now)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(lines); err != nil {
+			return err
+		}
+	} else {
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "ITEM\tTYPE\tSTATE\tEXPIRES\tNEXT RENEWAL\tLAST ERROR")
+		for _, l := range lines {
+			errText := oneLine(l.LastError)
+			if errText == "" {
+				errText = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Item, l.Type, l.State, tsOr(l.Expires), tsOr(l.NextRenewal), errText)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	var bad []string
+	for _, l := range lines {
+		if !l.Healthy() {
+			bad = append(bad, l.Item)
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("%w: %s", errUnhealthy, strings.Join(bad, ", "))
+	}
+	return nil
+}
+
+func ts(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+func tsOr(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return ts(t)
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 func chainText(leaf *x509.Certificate, chain []*x509.Certificate) string {
 	parts := []string{leaf.Issuer.String()}

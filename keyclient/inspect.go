@@ -1,0 +1,173 @@
+package keyclient
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/keysystem/keysystem/authority"
+)
+
+// StatusLine is one line of `keyclient status`: the CGC or an item, as
+// found on disk, with what the status file adds (failures, errors).
+type StatusLine struct {
+	Item          string    `json:"item"`
+	Type          string    `json:"type"` // cgc, x509 or static
+	State         string    `json:"state"`
+	Expires       time.Time `json:"expires,omitzero"`
+	NextRenewal   time.Time `json:"next_renewal,omitzero"` // static: the next refresh
+	LastError     string    `json:"last_error,omitempty"`  // what is wrong on disk, else the client's last error
+	Failures      int       `json:"failures"`
+	ReloadPending bool      `json:"reload_pending,omitempty"`
+}
+
+// Healthy says the line needs no attention: nothing expired, missing,
+// invalid or failing.
+func (l StatusLine) Healthy() bool {
+	return l.State == StateOK || l.State == StatePending
+}
+
+// Inspect reports on the CGC and every item of cfg, reading only: the
+// files on disk (parsed, key matched, expiry) and the status file. It
+// changes nothing and calls no keyserver.
+func Inspect(cfg *Config, now time.Time) ([]StatusLine, error) {
+	set, err := cfg.settings()
+	if err != nil {
+		return nil, &ConfigError{fmt.Errorf("keyclient: %w", err)}
+	}
+	st, err := ReadStatus(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	if st == nil {
+		st = &Status{}
+	}
+	var cgcRec *ItemStatus
+	if st.CGC.Type == TypeCGC {
+		cgcRec = &st.CGC
+	}
+	lines := []StatusLine{inspectCGC(cfg, cgcRec, now)}
+	for _, spec := range set.items {
+		rec := st.find(spec.typ, spec.name)
+		var l StatusLine
+		if spec.typ == TypeStatic {
+			l = inspectStatic(spec, rec)
+		} else {
+			l = inspectX509(spec, rec)
+		}
+		settleLine(&l, rec, now)
+		lines = append(lines, l)
+	}
+	return lines, nil
+}
+
+func inspectCGC(cfg *Config, rec *ItemStatus, now time.Time) StatusLine {
+	l := StatusLine{Item: cfg.Node, Type: TypeCGC}
+	data, err := os.ReadFile(filepath.Join(cfg.StateDir, CGCFile))
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		l.State, l.LastError = StateMissing, "not admitted yet"
+	case err != nil:
+		l.State, l.LastError = StateInvalid, err.Error()
+	default:
+		_, certs, err := parseCGCFile(data)
+		switch {
+		case err != nil:
+			l.State, l.LastError = StateInvalid, fmt.Sprintf("%s: %v", CGCFile, err)
+		case certs[0].Subject.CommonName != cfg.Node:
+			l.State, l.LastError = StateInvalid, fmt.Sprintf("%s holds a CGC for %q", CGCFile, certs[0].Subject.CommonName)
+		default:
+			l.Expires, l.NextRenewal = certs[0].NotAfter, renewalOf(certs[0], rec)
+		}
+	}
+	settleLine(&l, rec, now)
+	return l
+}
+
+func inspectX509(s *itemSpec, rec *ItemStatus) StatusLine {
+	l := StatusLine{Item: s.name, Type: s.typ}
+	f, err := readX509Files(s)
+	var fp *FileProblem
+	switch {
+	case errors.As(err, &fp) && fp.Missing:
+		l.State, l.LastError = StateMissing, "no files yet"
+	case err != nil && isMissing(s):
+		l.State, l.LastError = StateMissing, err.Error()
+	case err != nil:
+		l.State, l.LastError = StateInvalid, err.Error()
+	default:
+		l.Expires, l.NextRenewal = f.leaf.NotAfter, renewalOf(f.leaf, rec)
+	}
+	return l
+}
+
+// isMissing says some file of the item is absent.
+func isMissing(s *itemSpec) bool {
+	for _, p := range s.files() {
+		if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
+			return true
+		}
+	}
+	return false
+}
+
+func inspectStatic(s *itemSpec, rec *ItemStatus) StatusLine {
+	l := StatusLine{Item: s.name, Type: s.typ}
+	if rec != nil {
+		l.NextRenewal = rec.NextRefresh
+	}
+	data, err := os.ReadFile(s.path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		l.State, l.LastError = StateMissing, s.path+" is missing"
+	case err != nil:
+		l.State, l.LastError = StateInvalid, err.Error()
+	case rec != nil && rec.Digest != "" && contentDigest(data) != rec.Digest:
+		l.State, l.LastError = StateInvalid, s.path+" differs from the content last fetched (rewritten at the next check)"
+	}
+	return l
+}
+
+// renewalOf is when a certificate is due: as the client drew it, when the
+// status file is about this certificate, else the middle of the window.
+func renewalOf(c *x509.Certificate, rec *ItemStatus) time.Time {
+	if rec != nil && rec.Serial == authority.SerialText(c) && !rec.RenewAt.IsZero() {
+		return rec.RenewAt
+	}
+	return RenewTime(c.NotBefore, c.NotAfter, 0.5)
+}
+
+// settleLine completes a line whose files were found good (State still
+// empty) with expiry and the status file's failures.
+func settleLine(l *StatusLine, rec *ItemStatus, now time.Time) {
+	if rec != nil {
+		l.Failures = rec.Failures + rec.ReloadFailures
+		l.ReloadPending = rec.ReloadPending
+	}
+	if l.State != "" {
+		// What is wrong on disk, and why the client has not repaired it.
+		if rec != nil && rec.LastError != "" {
+			l.LastError += "; last error: " + rec.LastError
+		}
+		return
+	}
+	switch {
+	case !l.Expires.IsZero() && !now.Before(l.Expires):
+		l.State = StateExpired
+	case l.Failures > 0:
+		l.State = StateFailing
+	case rec != nil && rec.State == StatePending:
+		l.State = StatePending
+	default:
+		l.State = StateOK
+	}
+	if rec != nil {
+		l.LastError = rec.LastError
+		if l.LastError == "" {
+			l.LastError = rec.ReloadError
+		}
+	}
+}

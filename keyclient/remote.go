@@ -1,0 +1,96 @@
+package keyclient
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/keysystem/keysystem/keyserver/api"
+)
+
+// ErrNoCGC means an item cannot be kept because the node holds no valid
+// CGC yet (not admitted) or any more (expired); items wait for one.
+var ErrNoCGC = errors.New("keyclient: waiting for the node's CGC (not admitted yet, or expired)")
+
+// remote is what the items need from the keyservers. *Client's HTTPS
+// calls over mutual TLS with the CGC implement it; the package's tests put
+// a real authority behind it.
+type remote interface {
+	// grant is what the policy grants this node under name.
+	grant(ctx context.Context, name string) (*api.GrantInfo, error)
+	// sign asks for the grant's certificate for the CSR's key.
+	sign(ctx context.Context, grant, csrPEM string) (*api.CertificateResponse, error)
+	// static fetches a static grant's content and its digest as sent
+	// (sha256:<hex>), unchecked; at most MaxStaticBytes+1 bytes are read.
+	static(ctx context.Context, name string) (body []byte, digest string, err error)
+}
+
+type httpRemote struct{ c *Client }
+
+var _ remote = httpRemote{}
+
+func (r httpRemote) grant(ctx context.Context, name string) (*api.GrantInfo, error) {
+	var g api.GrantInfo
+	if err := r.c.call(ctx, http.MethodGet, api.PathGrants+"/"+url.PathEscape(name), nil, &g, true); err != nil {
+		return nil, fmt.Errorf("keyclient: grant %s: %w", name, err)
+	}
+	return &g, nil
+}
+
+func (r httpRemote) sign(ctx context.Context, grant, csrPEM string) (*api.CertificateResponse, error) {
+	var resp api.CertificateResponse
+	if err := r.c.call(ctx, http.MethodPost, api.PathSign+url.PathEscape(grant), api.SignRequest{CSR: csrPEM}, &resp, true); err != nil {
+		return nil, fmt.Errorf("keyclient: sign %s: %w", grant, err)
+	}
+	return &resp, nil
+}
+
+func (r httpRemote) static(ctx context.Context, name string) ([]byte, string, error) {
+	var body []byte
+	var digest string
+	err := r.c.roundTrip(ctx, http.MethodGet, api.PathStatic+url.PathEscape(name), nil, true, func(resp *http.Response) error {
+		if resp.StatusCode/100 != 2 {
+			return api.ReadResponse(resp, 1<<20, nil) // an *api.Error
+		}
+		defer resp.Body.Close()
+		var err error
+		body, err = io.ReadAll(io.LimitReader(resp.Body, api.MaxStaticBytes+1))
+		if err != nil {
+			return fmt.Errorf("keyclient: reading static %s: %w", name, err)
+		}
+		digest = resp.Header.Get(api.HeaderDigest)
+		return nil
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("keyclient: static %s: %w", name, err)
+	}
+	return body, digest, nil
+}
+
+// contentDigest is the digest the keyserver sends with a static file.
+func contentDigest(b []byte) string {
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// checkStatic accepts a static file's content only when it fits the limit
+// and matches the digest the keyserver sent with it; a file cut short or
+// changed on the way is never written.
+func checkStatic(body []byte, digest string) error {
+	if len(body) > api.MaxStaticBytes {
+		return fmt.Errorf("keyclient: static file larger than %d bytes", api.MaxStaticBytes)
+	}
+	if digest == "" {
+		return fmt.Errorf("keyclient: static file came without its %s header", api.HeaderDigest)
+	}
+	if got := contentDigest(body); !strings.EqualFold(strings.TrimSpace(digest), got) {
+		return fmt.Errorf("keyclient: static file does not match its digest (sent %s, content is %s)", digest, got)
+	}
+	return nil
+}
