@@ -1430,3 +1430,51 @@ func TestRevokeNeverAdmittedNode(t *testing.T) {
 		t.Errorf("re-admitted node %+v", n)
 	}
 }
+
+// TestAuthenticateRenewalAfterExpiry: within the window an expired CGC
+// may renew, but only if it was genuine: a forgery that copies a node's
+// name and serial (both public) under another key is refused, and so is
+// anything outside the window or before its validity.
+func TestAuthenticateRenewalAfterExpiry(t *testing.T) {
+	t.Parallel()
+	const window = 48 * time.Hour
+	e := newEnv(t, func(c *admission.Config) { c.RenewAfterExpiry = window })
+	cert := e.admit(t, e.issue(t, admission.TokenSpec{}), newKey(t)).Cert
+
+	// A look-alike: same subject, URI and serial, self-signed.
+	forgerKey := newKey(t)
+	tmpl := *cert
+	tmpl.PublicKey, tmpl.SignatureAlgorithm = nil, 0
+	der, err := x509.CreateCertificate(crand.Reader, &tmpl, &tmpl, forgerKey.Public(), forgerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	e.now = cert.NotAfter.Add(time.Hour)
+	refused(t, e.st, func() error {
+		_, err := e.svc.AuthenticateRenewal(t.Context(), []*x509.Certificate{forged})
+		return err
+	}, admission.ErrCertInvalid)
+	refused(t, e.st, func() error { // the normal check refuses the genuine one
+		_, err := e.svc.Authenticate(t.Context(), []*x509.Certificate{cert})
+		return err
+	}, admission.ErrCertExpired)
+	if c, err := e.svc.AuthenticateRenewal(t.Context(), []*x509.Certificate{cert}); err != nil || c.Node.Name != web1 {
+		t.Fatalf("AuthenticateRenewal 1h after expiry: %v, %+v", err, c)
+	}
+
+	e.now = cert.NotAfter.Add(window + time.Second)
+	refused(t, e.st, func() error {
+		_, err := e.svc.AuthenticateRenewal(t.Context(), []*x509.Certificate{cert})
+		return err
+	}, admission.ErrCertExpired)
+	e.now = cert.NotBefore.Add(-time.Second)
+	refused(t, e.st, func() error {
+		_, err := e.svc.AuthenticateRenewal(t.Context(), []*x509.Certificate{cert})
+		return err
+	}, admission.ErrCertExpired)
+}

@@ -459,6 +459,25 @@ func (a *Authority) Save(dir string) error {
 	return nil
 }
 
+// ReadCertificates reads the public half of an authority directory, no
+// key: its root, and the certificate it signs with (the intermediate
+// when there is one, else the root), for tools that check or show an
+// authority without the right to use it.
+func ReadCertificates(dir string) (root, issuer *x509.Certificate, err error) {
+	root, err = pemutil.ReadCertificate(filepath.Join(dir, RootCertFile))
+	if err != nil {
+		return nil, nil, fmt.Errorf("authority: %w", err)
+	}
+	inter, err := pemutil.ReadCertificate(filepath.Join(dir, IntermediateCertFile))
+	switch {
+	case err == nil:
+		return root, inter, nil
+	case errors.Is(err, os.ErrNotExist):
+		return root, root, nil
+	}
+	return nil, nil, fmt.Errorf("authority: %w", err)
+}
+
 // Load reads an authority from dir: root.crt, and either intermediate.crt
 // with intermediate.key, or root.key. With an intermediate the root key is
 // not read at all, so it may be kept offline.
@@ -514,6 +533,10 @@ func (a *Authority) Name() string { return a.name }
 // Root is the authority's self-signed root certificate, its trust anchor.
 func (a *Authority) Root() *x509.Certificate { return a.root }
 
+// Issuer is the certificate this authority signs with: its intermediate,
+// or its root when it has none.
+func (a *Authority) Issuer() *x509.Certificate { return a.issuer }
+
 // Chain is the issuer chain a leaf is served with, from the issuing
 // certificate up to, but not including, the root.
 func (a *Authority) Chain() []*x509.Certificate { return a.chain }
@@ -552,6 +575,9 @@ func (a *Authority) Sign(req Request) (*x509.Certificate, error) {
 		if notAfter.After(c.NotAfter) {
 			notAfter = c.NotAfter
 		}
+	}
+	if !notAfter.After(now) {
+		return nil, fmt.Errorf("authority: %s expired on %s: it can sign nothing", a.name, notAfter.UTC().Format(time.RFC3339))
 	}
 	subject := req.Subject
 	subject.CommonName = req.CommonName

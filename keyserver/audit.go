@@ -26,6 +26,7 @@ const (
 	EventSign         = "sign"          // a grant's certificate issued
 	EventSignDeny     = "sign.deny"     // a grant's certificate refused
 	EventStaticDeny   = "static.deny"   // a static file refused
+	EventGrantDeny    = "grant.deny"    // a grant's description refused
 	EventPolicyLoad   = "policy.load"   // a policy put in force (reason: its digest)
 	EventPolicyReject = "policy.reject" // a policy file refused; the last good one stays
 )

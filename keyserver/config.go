@@ -33,6 +33,9 @@ type FileConfig struct {
 
 	AdmissionGrace time.Duration `yaml:"admission_grace,omitempty"`
 	TokenTTL       time.Duration `yaml:"token_ttl,omitempty"`
+	// OldCGCLifetime is the key earlier versions had here; it is refused
+	// with a pointer to where the setting went.
+	OldCGCLifetime time.Duration `yaml:"cgc_lifetime,omitempty"`
 	MaxTokenTTL    time.Duration `yaml:"max_token_ttl,omitempty"`
 }
 
@@ -92,6 +95,9 @@ func LoadConfig(path string) (*FileConfig, error) {
 		}
 	default:
 		problems = append(problems, fmt.Errorf("store.type: unknown store %q (want bolt)", c.Store.Type))
+	}
+	if c.OldCGCLifetime != 0 {
+		problems = append(problems, errors.New("cgc_lifetime: moved into the policy file, as cgc: {lifetime: ...}; remove it here"))
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		problems = append(problems, err)

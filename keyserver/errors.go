@@ -66,6 +66,8 @@ func apiError(err error) *api.Error {
 	case errors.Is(err, authority.ErrWeakKey):
 		return e(http.StatusBadRequest, api.CodeKeyRejected, err.Error())
 	case errors.Is(err, policy.ErrRender):
+		// What went wrong is about this node's own facts (and the node
+		// sees it in its grant list too): tell it, so its operator can.
 		return e(http.StatusInternalServerError, api.CodePolicyInvalid, "the policy cannot render this grant for this node: "+err.Error())
 	}
 	return errInternal

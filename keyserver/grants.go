@@ -1,11 +1,13 @@
 package keyserver
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/keysystem/keysystem/admission"
 	"github.com/keysystem/keysystem/authority"
@@ -65,7 +67,8 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, caller *admi
 	}
 	serial := authority.SerialText(cert)
 	s.record(AuditEvent{Event: EventSign, Actor: "node:" + node, Node: node, Grant: grant, Serial: serial, Remote: r.RemoteAddr,
-		Reason: fmt.Sprintf("%s via %s, authority %s, until %s", grant, d.Via, c.Authority, cert.NotAfter.UTC().Format("2006-01-02T15:04:05Z"))})
+		Reason: fmt.Sprintf("%s via %s, authority %s, until %s, subject %s, names %s", grant, d.Via, c.Authority,
+			cert.NotAfter.UTC().Format("2006-01-02T15:04:05Z"), cert.Subject, strings.Join(certNames(cert), ","))})
 	writeJSON(w, http.StatusOK, api.CertificateResponse{
 		Node:        node,
 		Grant:       grant,
@@ -114,7 +117,7 @@ func (s *Server) handleGrant(w http.ResponseWriter, r *http.Request, caller *adm
 	d, err := st.pol.Decide(r.PathValue("name"), facts(caller.Node))
 	if err != nil {
 		node := caller.Node.Name
-		s.refuse(w, r, AuditEvent{Event: EventSignDeny, Actor: "node:" + node, Node: node, Serial: caller.Serial, Grant: r.PathValue("name")}, err)
+		s.refuse(w, r, AuditEvent{Event: EventGrantDeny, Actor: "node:" + node, Node: node, Serial: caller.Serial, Grant: r.PathValue("name")}, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, st.grantInfo(d))
@@ -126,7 +129,7 @@ func (s *Server) handlePolicyStatus(w http.ResponseWriter, r *http.Request, admi
 
 func (s *Server) handlePolicyReload(w http.ResponseWriter, r *http.Request, admin string) {
 	if s.cfg.PolicyFile == "" {
-		s.refuse(w, r, AuditEvent{Event: EventAdminDeny, Actor: "admin:" + admin}, &api.Error{Status: http.StatusConflict, Code: api.CodeConflict, Message: "this keyserver runs without a policy file (policy: in keyserver.yaml)"})
+		s.refuse(w, r, AuditEvent{Event: EventAdminDeny, Actor: "admin:" + admin}, errNoPolicyFile)
 		return
 	}
 	st, err := s.ReloadPolicy("admin:" + admin)
@@ -168,4 +171,16 @@ func (s *Server) handlePolicyExplain(w http.ResponseWriter, r *http.Request, adm
 		return
 	}
 	writeJSON(w, http.StatusOK, onlyGrant(st.explain(f), req.Grant))
+}
+
+// certNames lists every name a certificate carries, for the audit log.
+func certNames(c *x509.Certificate) []string {
+	names := slices.Clone(c.DNSNames)
+	for _, ip := range c.IPAddresses {
+		names = append(names, ip.String())
+	}
+	for _, u := range c.URIs {
+		names = append(names, u.String())
+	}
+	return names
 }

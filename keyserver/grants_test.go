@@ -245,6 +245,7 @@ func (h *harness) checkIssued(t *testing.T, cr api.CertificateResponse, leaf *x5
 
 var (
 	grantDenied = refusal{http.StatusForbidden, api.CodeGrantDenied, keyserver.EventSignDeny}
+	infoDenied  = refusal{http.StatusForbidden, api.CodeGrantDenied, keyserver.EventGrantDeny}
 	staticDeny  = refusal{http.StatusForbidden, api.CodeGrantDenied, keyserver.EventStaticDeny}
 )
 
@@ -690,11 +691,11 @@ func TestGrantList(t *testing.T) {
 	}
 
 	c := h.nodeClient(t, f.edge.key, f.edge.cgc)
-	notYours := h.refused(t, c, http.MethodGet, api.PathGrants+"/etcd-peer", nil, grantDenied)
+	notYours := h.refused(t, c, http.MethodGet, api.PathGrants+"/etcd-peer", nil, infoDenied)
 	if ev := notYours.event; ev.Node != edge1 || ev.Grant != "etcd-peer" {
 		t.Errorf("audited %+v, want node %s, grant etcd-peer", ev, edge1)
 	}
-	if d := h.refused(t, c, http.MethodGet, api.PathGrants+"/nope", nil, grantDenied); !bytes.Equal(d.body, notYours.body) {
+	if d := h.refused(t, c, http.MethodGet, api.PathGrants+"/nope", nil, infoDenied); !bytes.Equal(d.body, notYours.body) {
 		t.Errorf("unknown grant: told %s, want %s as for a grant not given", d.body, notYours.body)
 	}
 }

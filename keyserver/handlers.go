@@ -301,7 +301,14 @@ func (s *Server) handleTokenIssue(w http.ResponseWriter, r *http.Request, admin 
 		s.refuse(w, r, deny, err)
 		return
 	}
-	s.record(AuditEvent{Event: EventTokenIssue, Actor: "admin:" + admin, Node: rec.Node, TokenID: rec.ID, Remote: r.RemoteAddr, Reason: "expires " + rec.Expires.UTC().Format("2006-01-02T15:04:05Z")})
+	reason := "expires " + rec.Expires.UTC().Format("2006-01-02T15:04:05Z")
+	if len(rec.Groups) > 0 {
+		reason += "; groups " + strings.Join(rec.Groups, ",")
+	}
+	if len(rec.IPs) > 0 {
+		reason += "; addresses " + strings.Join(rec.IPs, ",")
+	}
+	s.record(AuditEvent{Event: EventTokenIssue, Actor: "admin:" + admin, Node: rec.Node, TokenID: rec.ID, Remote: r.RemoteAddr, Reason: reason})
 	writeJSON(w, http.StatusCreated, api.TokenResponse{Token: tok.String(), Info: tokenInfo(rec, s.cfg.Now())})
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"net/http"
 	"path/filepath"
 	"slices"
 	"time"
@@ -44,18 +45,14 @@ func (s *Server) loadPolicy() (*policyState, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = pol.CheckAuthorities(func(name string) (time.Time, time.Time, error) {
+	err = pol.CheckAuthorities(s.cfg.Now(), func(name string) (*x509.Certificate, error) {
 		a, err := authority.Load(filepath.Join(s.cfg.AuthorityDir, name), name, authority.Options{Now: s.cfg.Now, Rand: s.cfg.Rand})
 		if err != nil {
-			return time.Time{}, time.Time{}, fmt.Errorf("%w (create it with keyctl authority create %s)", err, name)
+			return nil, fmt.Errorf("%w (create it with keyctl authority create %s)", err, name)
 		}
 		st.auths[name] = a
 		st.roots[name] = a.Root()
-		issuer := a.Root()
-		if ch := a.Chain(); len(ch) > 0 {
-			issuer = ch[0]
-		}
-		return issuer.NotBefore, issuer.NotAfter, nil
+		return a.Issuer(), nil
 	})
 	if err != nil {
 		return nil, err
@@ -67,7 +64,7 @@ func (s *Server) loadPolicy() (*policyState, error) {
 		}
 		f := staticContent(g, st.roots)
 		if len(f.data) > api.MaxStaticBytes {
-			return nil, policy.Errors{{File: pol.File(), Msg: fmt.Sprintf("grant %q: %d bytes with its authorities' roots, over the limit of %d", name, len(f.data), api.MaxStaticBytes)}}
+			return nil, policy.Errors{pol.GrantProblem(name, fmt.Sprintf("%d bytes with its authorities' roots, over the limit of %d", len(f.data), api.MaxStaticBytes))}
 		}
 		st.static[name] = f
 	}
@@ -87,14 +84,19 @@ func (s *Server) install(st *policyState) error {
 	return nil
 }
 
+var errNoPolicyFile = &api.Error{Status: http.StatusConflict, Code: api.CodeConflict, Message: "this keyserver runs without a policy file (policy: in keyserver.yaml)"}
+
 // ReloadPolicy reads the policy file again and, if it is valid and every
 // authority it names loads, serves it from now on. A file that is refused
 // changes nothing: the keyserver goes on with the policy it had. The
 // error then is a policy.Errors listing every problem.
 //
-// actor says who asked ("admin:<name>", or "" for a signal), for the audit
-// log.
+// actor says who asked ("admin:<name>", "signal:SIGHUP"), for the audit
+// log. Without a policy file there is nothing to reload: errNoPolicyFile.
 func (s *Server) ReloadPolicy(actor string) (*api.PolicyStatus, error) {
+	if s.cfg.PolicyFile == "" {
+		return nil, errNoPolicyFile
+	}
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
 	st, err := s.loadPolicy()

@@ -48,10 +48,12 @@ func (e *NameError) Error() string {
 
 func (e *NameError) Unwrap() error { return ErrNameNotAllowed }
 
-// GroupsOf is every group a node is in: those its token gave it and those
-// whose names or patterns match it, sorted.
+// GroupsOf is every group a node is in: those its token gave it that the
+// policy declares, and those whose names or patterns match it, sorted.
 func (p *Policy) GroupsOf(f Facts) []string {
-	out := slices.Clone(f.Groups)
+	// A token's group the policy no longer declares gives nothing: were
+	// it declared again one day, old tokens must not bring it back.
+	out := slices.DeleteFunc(slices.Clone(f.Groups), func(g string) bool { return p.groups[g] == nil })
 	for _, name := range p.Groups() {
 		g := p.groups[name]
 		if slices.Contains(g.Nodes, f.Node) || matchAny(g.Patterns, f.Node) {
@@ -401,8 +403,13 @@ func plainURI(u *url.URL) bool {
 	if u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(u.String(), "%") {
 		return false
 	}
-	for seg := range strings.SplitSeq(u.Path, "/") {
-		if seg == "." || seg == ".." {
+	if u.Path == "" {
+		return true
+	}
+	// Every segment after the leading slash names something: no empty,
+	// "." or ".." one, so "…/etcd/*" allows "…/etcd/a" but not "…/etcd/".
+	for seg := range strings.SplitSeq(strings.TrimPrefix(u.Path, "/"), "/") {
+		if seg == "" || seg == "." || seg == ".." {
 			return false
 		}
 	}

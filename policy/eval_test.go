@@ -114,7 +114,7 @@ func TestGroupsOf(t *testing.T) {
 		{"etcd1.dc1.example.org", nil, []string{"etcd"}}, // by node and by pattern: once
 		{"etcd5.dc1.example.org", nil, []string{"etcd"}},
 		{"web1.dc1.example.org", []string{"web", "edge", "edge"}, []string{"edge", "ops", "web"}},
-		{"etcd5.dc1.example.org", []string{"zeta", "alpha"}, []string{"alpha", "etcd", "zeta"}},
+		{"etcd5.dc1.example.org", []string{"zeta", "edge"}, []string{"edge", "etcd"}}, // zeta: not declared, gives nothing
 		{"solo", nil, []string{"ops"}},
 		{"cdn1.example.org", []string{"edge"}, []string{"edge"}},
 		{"etcd5.x.dc1.example.org", nil, nil},        // * does not cross a dot

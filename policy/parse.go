@@ -164,7 +164,11 @@ func Parse(file string, data []byte, read func(name string) ([]byte, error)) (*P
 	var fd fileDecl
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	if err := dec.Decode(&fd); err != nil && !errors.Is(err, io.EOF) {
+	if err := dec.Decode(&fd); errors.Is(err, io.EOF) {
+		// Most likely a file caught while an editor rewrote it: serving
+		// it would silently take every grant away.
+		return nil, Errors{{File: file, Msg: "the policy file is empty (a policy with no grants still says so, e.g. grants: {})"}}
+	} else if err != nil {
 		return nil, ps.yamlErrors(err)
 	}
 	// The decoder reads one document; a second one would be ignored
@@ -547,7 +551,9 @@ func (ps *parser) staticGrant(p *Policy, g *Grant, d *grantDecl, where []string,
 	if d.File == "" && len(d.Authorities) == 0 {
 		ps.errorf(where, "grant %q: a static grant needs a file, authorities (whose roots it serves), or both", name)
 	}
-	if d.File != "" {
+	if d.File != "" && read == nil {
+		ps.errorf(append(where, "file"), "grant %q: static files cannot be read here", name)
+	} else if d.File != "" {
 		data, err := read(d.File)
 		if err != nil {
 			ps.errorf(append(where, "file"), "grant %q: %v", name, err)

@@ -13,9 +13,11 @@ package policy
 
 import (
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -224,10 +226,16 @@ func readLimited(path string, limit int64) ([]byte, error) {
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s is not a regular file", path)
 	}
-	if fi.Size() > limit {
-		return nil, fmt.Errorf("%s is %d bytes, over the limit of %d", path, fi.Size(), limit)
+	// Read what was opened, never more than the limit: the file may grow
+	// between the Stat and the read.
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
 	}
-	return os.ReadFile(path)
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s is over the limit of %d bytes", path, limit)
+	}
+	return data, nil
 }
 
 // Problem is one thing wrong with a policy file.
@@ -247,13 +255,7 @@ func (p Problem) String() string {
 // Errors is every problem found in a policy file, in file order.
 type Errors []Problem
 
-func (e Errors) Error() string {
-	lines := make([]string, len(e))
-	for i, p := range e {
-		lines[i] = p.String()
-	}
-	return strings.Join(lines, "\n")
-}
+func (e Errors) Error() string { return strings.Join(e.Lines(), "\n") }
 
 // Lines is every problem as file:line: message.
 func (e Errors) Lines() []string {
@@ -274,32 +276,35 @@ func Problems(file string, err error) Errors {
 	return Errors{{File: file, Msg: err.Error()}}
 }
 
-// CheckAuthorities checks the policy against the authorities' material:
-// every named authority must load, and no grant may ask for a lifetime
-// longer than its authority's issuing certificate lives in total. load
-// returns the certificate that signs for a name (the intermediate when
-// there is one).
-func (p *Policy) CheckAuthorities(load func(name string) (issuerNotBefore, issuerNotAfter time.Time, err error)) error {
+// CheckAuthorities checks the policy against the authorities' material
+// as of now: every named authority must load and be valid, and no grant
+// may ask for a lifetime longer than its authority's issuing certificate
+// lives in total. issuer returns the certificate that signs for a name
+// (the intermediate when there is one).
+func (p *Policy) CheckAuthorities(now time.Time, issuer func(name string) (*x509.Certificate, error)) error {
 	var errs Errors
-	type span struct{ life time.Duration }
-	spans := map[string]span{}
+	life := map[string]time.Duration{}
 	for _, name := range p.Authorities() {
 		a := p.authorities[name]
-		nb, na, err := load(name)
-		if err != nil {
+		c, err := issuer(name)
+		switch {
+		case err != nil:
 			errs = append(errs, Problem{p.file, a.line, fmt.Sprintf("authority %q: %v", name, err)})
 			continue
+		case !now.Before(c.NotAfter):
+			errs = append(errs, Problem{p.file, a.line, fmt.Sprintf("authority %q expired on %s: it can sign nothing", name, c.NotAfter.UTC().Format(time.RFC3339))})
+			continue
 		}
-		spans[name] = span{na.Sub(nb)}
+		life[name] = c.NotAfter.Sub(c.NotBefore)
 	}
 	for _, name := range p.GrantNames() {
 		g := p.grants[name]
-		s, ok := spans[g.Authority]
+		l, ok := life[g.Authority]
 		if g.Type != TypeX509 || !ok {
 			continue
 		}
-		if g.Lifetime > s.life {
-			errs = append(errs, Problem{p.file, p.lines[g], fmt.Sprintf("grant %q: lifetime %s is longer than authority %q's own certificate lives (%s)", name, dur(g.Lifetime), g.Authority, dur(s.life.Round(time.Hour)))})
+		if g.Lifetime > l {
+			errs = append(errs, Problem{p.file, p.lines[g], fmt.Sprintf("grant %q: lifetime %s is longer than authority %q's own certificate lives (%s)", name, dur(g.Lifetime), g.Authority, dur(l.Round(time.Hour)))})
 		}
 	}
 	if len(errs) > 0 {
@@ -307,6 +312,12 @@ func (p *Policy) CheckAuthorities(load func(name string) (issuerNotBefore, issue
 		return errs
 	}
 	return nil
+}
+
+// GrantProblem is a problem with a grant found outside this package (the
+// keyserver's view of its static content), placed at the grant's line.
+func (p *Policy) GrantProblem(grant, msg string) Problem {
+	return Problem{p.file, p.lines[p.grants[grant]], fmt.Sprintf("grant %q: %s", grant, msg)}
 }
 
 // ValidName checks the name of an authority, group or grant.

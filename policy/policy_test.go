@@ -3,6 +3,7 @@ package policy_test
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -326,10 +327,16 @@ func TestEmpty(t *testing.T) {
 	if _, err := p.Decide("anything", policy.Facts{Node: "a.example.org"}); !errors.Is(err, policy.ErrUnknownGrant) {
 		t.Errorf("Decide on Empty() = %v, want ErrUnknownGrant", err)
 	}
-	// An empty file is a valid policy with the defaults, like Empty.
-	q := mustParse(t, "")
+	// An empty file is refused (an editor caught mid-write would take
+	// every grant away); one that says it has no grants has the defaults.
+	for _, src := range []string{"", "\n# nothing\n"} {
+		if _, err := policy.Parse("policy.yaml", []byte(src), nil); err == nil || !strings.Contains(err.Error(), "policy.yaml: the policy file is empty") {
+			t.Errorf("empty file %q: %v, want it refused as empty", src, err)
+		}
+	}
+	q := mustParse(t, "grants: {}\n")
 	if q.CGCLifetime() != p.CGCLifetime() || q.RenewAfterExpiry() != 0 || len(q.GrantNames()) != 0 {
-		t.Errorf("empty file: CGCLifetime %v RenewAfterExpiry %v grants %q", q.CGCLifetime(), q.RenewAfterExpiry(), q.GrantNames())
+		t.Errorf("grants: {}: CGCLifetime %v RenewAfterExpiry %v grants %q", q.CGCLifetime(), q.RenewAfterExpiry(), q.GrantNames())
 	}
 }
 
@@ -1069,20 +1076,21 @@ grants:
 	p := mustParse(t, src)
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	var asked []string
-	load := func(name string) (time.Time, time.Time, error) {
+	span := func(nb, na time.Time) *x509.Certificate { return &x509.Certificate{NotBefore: nb, NotAfter: na} }
+	load := func(name string) (*x509.Certificate, error) {
 		asked = append(asked, name)
 		switch name {
 		case "etcd":
-			return time.Time{}, time.Time{}, errors.New("open /authorities/etcd/root.crt: no such file or directory")
+			return nil, errors.New("open /authorities/etcd/root.crt: no such file or directory")
 		case "web":
-			return t0, t0.Add(100 * time.Hour), nil
+			return span(t0, t0.Add(100*time.Hour)), nil
 		case "short":
-			return t0, t0.Add(100 * time.Hour), nil
+			return span(t0, t0.Add(100*time.Hour)), nil
 		}
 		t.Errorf("load(%q) of an authority the policy does not name", name)
-		return time.Time{}, time.Time{}, errors.New("unknown")
+		return nil, errors.New("unknown")
 	}
-	errs := problemsOf(t, p.CheckAuthorities(load))
+	errs := problemsOf(t, p.CheckAuthorities(t0, load))
 	if !slices.Equal(asked, []string{"etcd", "short", "web"}) {
 		t.Errorf("loaded %q, want every authority once", asked)
 	}
@@ -1109,16 +1117,21 @@ grants:
 	}
 
 	// Authorities that load and live long enough: no problem.
-	err := p.CheckAuthorities(func(string) (time.Time, time.Time, error) { return t0, t0.Add(5 * 365 * 24 * time.Hour), nil })
-	if err != nil {
+	long := func(string) (*x509.Certificate, error) { return span(t0, t0.Add(5*365*24*time.Hour)), nil }
+	if err := p.CheckAuthorities(t0, long); err != nil {
 		t.Errorf("CheckAuthorities with long-lived authorities: %v", err)
 	}
 	// A grant exactly as long as its issuer is fine.
-	err = p.CheckAuthorities(func(string) (time.Time, time.Time, error) { return t0, t0.Add(2000 * time.Hour), nil })
+	err := p.CheckAuthorities(t0, func(string) (*x509.Certificate, error) { return span(t0, t0.Add(2000*time.Hour)), nil })
 	if err != nil {
 		t.Errorf("CheckAuthorities with issuers exactly as long as the longest grant: %v", err)
 	}
-	if err := policy.Empty().CheckAuthorities(load); err != nil {
+	// An authority that has expired can sign nothing: every one is refused.
+	errs = problemsOf(t, p.CheckAuthorities(t0.Add(5*365*24*time.Hour), long))
+	if len(errs) != 3 || !strings.Contains(errs[0].Msg, "expired on") {
+		t.Errorf("CheckAuthorities after every authority expired: %v, want 3 problems (one per authority) saying expired", errs)
+	}
+	if err := policy.Empty().CheckAuthorities(t0, load); err != nil {
 		t.Errorf("Empty().CheckAuthorities: %v", err)
 	}
 }

@@ -10,8 +10,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"go.step.sm/crypto/pemutil"
-
 	"github.com/keysystem/keysystem/authority"
 	"github.com/keysystem/keysystem/keyserver"
 )
@@ -41,7 +39,7 @@ func cmdAuthorityCreate(e *env, args []string) error {
 	dir := fs.String("dir", "", "keyserver directory that keyctl init wrote (required)")
 	parent := fs.String("parent", "", "make an intermediate under this existing shared root authority")
 	shared := fs.Bool("shared-root", false, "make a root that other authorities go under (--parent); it signs with its root key")
-	keyType := fs.String("key-type", "ecdsa-p256", "key type: ecdsa-p256, ecdsa-p384, ed25519, rsa-3072 or rsa-4096")
+	keyType := fs.String("key-type", "ecdsa-p256", "key type: ecdsa-p256, ecdsa-p384, ed25519, rsa-2048, rsa-3072 or rsa-4096")
 	inter := fs.Bool("intermediate", false, "sign with an intermediate under a root of its own, so the root key can be moved offline")
 	rest, err := parse(fs, args, 1, "one authority name")
 	if err != nil {
@@ -101,10 +99,7 @@ func cmdAuthorityCreate(e *env, args []string) error {
 		return err
 	}
 
-	issuer := a.Root()
-	if c := a.Chain(); len(c) > 0 {
-		issuer = c[0]
-	}
+	issuer := a.Issuer()
 	fmt.Fprintf(e.stdout, "Created authority %s in %s: %s.\n  key type  %s\n  expires   %s\n  root pin  %s\n",
 		name, target, kind, authority.KeyTypeOf(issuer.PublicKey), issuer.NotAfter.Local().Format(time.RFC3339), authority.SPKIPin(a.Root()))
 	switch {
@@ -148,16 +143,11 @@ type authorityInfo struct {
 
 func readAuthority(adir, name string) (*authorityInfo, error) {
 	dir := filepath.Join(adir, name)
-	root, err := pemutil.ReadCertificate(filepath.Join(dir, authority.RootCertFile))
+	root, issuer, err := authority.ReadCertificates(dir)
 	if err != nil {
 		return nil, err
 	}
-	ai := &authorityInfo{name: name, root: root, issuer: root}
-	if inter, err := pemutil.ReadCertificate(filepath.Join(dir, authority.IntermediateCertFile)); err == nil {
-		ai.issuer, ai.intermediate = inter, true
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
+	ai := &authorityInfo{name: name, root: root, issuer: issuer, intermediate: issuer != root}
 	_, err = os.Stat(filepath.Join(dir, authority.RootKeyFile))
 	ai.rootKey = err == nil
 	return ai, nil

@@ -14,7 +14,7 @@ func cmdInit(e *env, args []string) error {
 	listen := fs.String("listen", "127.0.0.1:8443", "address the keyserver will listen on")
 	var names multi
 	fs.Var(&names, "name", "DNS name or IP address nodes use to reach the keyserver (repeatable)")
-	keyType := fs.String("key-type", "ecdsa-p256", "authority key type: ecdsa-p256, ecdsa-p384, ed25519, rsa-3072 or rsa-4096")
+	keyType := fs.String("key-type", "ecdsa-p256", "authority key type: ecdsa-p256, ecdsa-p384, ed25519, rsa-2048, rsa-3072 or rsa-4096")
 	inter := fs.Bool("intermediate", false, "sign with intermediates, so each root key can be moved offline")
 	if _, err := parse(fs, args, 0, "no arguments"); err != nil {
 		return err

@@ -143,7 +143,7 @@ func parse(fs *flag.FlagSet, args []string, nargs int, what string) ([]string, e
 		return nil, err
 	}
 	if len(pos) != nargs {
-		return nil, usageError{fmt.Errorf("%s: want %s", fs.Name(), what)}
+		return nil, usageError{fmt.Errorf("%s: want %s", strings.TrimPrefix(fs.Name(), "keyctl "), what)}
 	}
 	return pos, nil
 }

@@ -11,8 +11,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"go.step.sm/crypto/pemutil"
-
 	"github.com/keysystem/keysystem/authority"
 	"github.com/keysystem/keysystem/keyserver"
 	"github.com/keysystem/keysystem/keyserver/api"
@@ -31,8 +29,9 @@ func cmdPolicyCheck(e *env, args []string) error {
 	}
 	file := rest[0]
 	p, err := policy.Load(file)
-	if dir := policyAuthorities(file, *auths); err == nil && dir != "" {
-		err = p.CheckAuthorities(issuerSpan(dir))
+	dir := policyAuthorities(file, *auths)
+	if err == nil && dir != "" {
+		err = p.CheckAuthorities(time.Now(), issuerOf(dir))
 	}
 	if err != nil {
 		probs := policy.Problems(file, err)
@@ -43,6 +42,9 @@ func cmdPolicyCheck(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "%s: ok: %d authorities, %d groups, %d grants (%s)\n", file,
 		len(p.Authorities()), len(p.Groups()), len(p.GrantNames()), p.Digest())
+	if dir == "" && len(p.Authorities()) > 0 {
+		fmt.Fprintf(e.stderr, "note: the authorities were not checked (no %s/ next to %s; give --authorities DIR)\n", keyserver.AuthoritiesDir, file)
+	}
 	return nil
 }
 
@@ -67,29 +69,23 @@ func readRoots(dir string, names []string) map[string]*x509.Certificate {
 		return roots
 	}
 	for _, n := range names {
-		if c, err := pemutil.ReadCertificate(filepath.Join(dir, n, authority.RootCertFile)); err == nil {
-			roots[n] = c
+		if root, _, err := authority.ReadCertificates(filepath.Join(dir, n)); err == nil {
+			roots[n] = root
 		}
 	}
 	return roots
 }
 
-// issuerSpan reads an authority's issuing certificate (not its key: keyctl
+// issuerOf reads an authority's issuing certificate (not its key: keyctl
 // need not be able to read keys to check a policy).
-func issuerSpan(dir string) func(string) (time.Time, time.Time, error) {
-	return func(name string) (time.Time, time.Time, error) {
+func issuerOf(dir string) func(string) (*x509.Certificate, error) {
+	return func(name string) (*x509.Certificate, error) {
 		base := filepath.Join(dir, name)
-		c, err := pemutil.ReadCertificate(filepath.Join(base, authority.IntermediateCertFile))
+		_, issuer, err := authority.ReadCertificates(base)
 		if errors.Is(err, os.ErrNotExist) {
-			c, err = pemutil.ReadCertificate(filepath.Join(base, authority.RootCertFile))
+			err = fmt.Errorf("no authority in %s (create it with keyctl authority create %s)", base, name)
 		}
-		if err != nil {
-			if errors.Is(err, os.ErrNotExist) {
-				err = fmt.Errorf("no authority in %s (create it with keyctl authority create %s)", base, name)
-			}
-			return time.Time{}, time.Time{}, err
-		}
-		return c.NotBefore, c.NotAfter, nil
+		return issuer, err
 	}
 }
 

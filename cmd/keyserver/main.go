@@ -18,12 +18,14 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 
 	"github.com/keysystem/keysystem/admission"
 	"github.com/keysystem/keysystem/keyserver"
 	"github.com/keysystem/keysystem/keyserver/store"
+	"github.com/keysystem/keysystem/policy"
 )
 
 func main() {
@@ -43,10 +45,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.As(err, &ue):
-		fmt.Fprintln(stderr, "keyserver:", err)
+		fmt.Fprintln(stderr, "keyserver:", strings.TrimPrefix(err.Error(), "keyserver: "))
 		return 2
 	}
-	fmt.Fprintln(stderr, "keyserver:", err)
+	fmt.Fprintln(stderr, "keyserver:", strings.TrimPrefix(err.Error(), "keyserver: "))
 	return 1
 }
 
@@ -81,6 +83,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: fc.Level()}))
 	srv, closer, err := keyserver.Open(fc, logger)
+	var probs policy.Errors
+	if errors.As(err, &probs) {
+		return usageError{err} // a bad policy is bad configuration
+	}
 	if err != nil {
 		return err
 	}
