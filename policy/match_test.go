@@ -128,16 +128,13 @@ func TestCheckPatterns(t *testing.T) {
 		{"a b", false, false, "spaces"},
 		{"[.x", false, false, "bad glob"},
 	} {
+		// Node patterns and allow.dns patterns follow one rule.
 		err := checkNamePattern(tc.pat)
-		if (err == nil) != tc.nameOK {
+		if (err == nil) != tc.nameOK || tc.nameOK != tc.dnsOK {
 			t.Errorf("checkNamePattern(%q) = %v, want ok %v", tc.pat, err, tc.nameOK)
 		}
-		err = checkDNSPattern(tc.pat)
-		if (err == nil) != tc.dnsOK {
-			t.Errorf("checkDNSPattern(%q) = %v, want ok %v", tc.pat, err, tc.dnsOK)
-		}
 		if err != nil && !strings.Contains(err.Error(), tc.wantMsg) {
-			t.Errorf("checkDNSPattern(%q) = %q, want it to say %q", tc.pat, err, tc.wantMsg)
+			t.Errorf("checkNamePattern(%q) = %q, want it to say %q", tc.pat, err, tc.wantMsg)
 		}
 	}
 	for _, tc := range []struct {

@@ -316,7 +316,7 @@ func (ps *parser) build(fd *fileDecl, read func(string) ([]byte, error)) *Policy
 			d = &authorityDecl{}
 		}
 		where := at("authorities", name)
-		a := &Authority{Name: name, MaxLifetime: maxLifetime, line: ps.line(where...)}
+		a := &namedAuthority{Name: name, MaxLifetime: maxLifetime, line: ps.line(where...)}
 		switch {
 		case authority.Builtin(name):
 			ps.errorf(where, "authority %q is the keyserver's own and cannot be used by grants; create another with keyctl authority create", name)
@@ -341,7 +341,7 @@ func (ps *parser) build(fd *fileDecl, read func(string) ([]byte, error)) *Policy
 		if err := ValidName(name); err != nil {
 			ps.errorf(where, "group %v", err)
 		}
-		g := &Group{Name: name, Nodes: ps.nodeNames(d.Nodes, append(where, "nodes")), Patterns: ps.patterns(d.Patterns, append(where, "patterns"))}
+		g := &group{Name: name, Nodes: ps.nodeNames(d.Nodes, append(where, "nodes")), Patterns: ps.patterns(d.Patterns, append(where, "patterns"))}
 		p.groups[name] = g
 	}
 
@@ -500,10 +500,10 @@ func (ps *parser) x509Grant(p *Policy, g *Grant, d *grantDecl, where []string, d
 	if d.Allow != nil {
 		aw := append(where, "allow")
 		for i, pat := range d.Allow.DNS {
-			if err := checkDNSPattern(pat); err != nil {
+			if err := checkNamePattern(pat); err != nil {
 				ps.errorf(append(aw, "dns", strconv.Itoa(i)), "grant %q: allow.dns pattern %q: %v", name, pat, err)
 			}
-			g.allow.DNS = append(g.allow.DNS, strings.ToLower(pat))
+			g.allow.DNS = append(g.allow.DNS, pat)
 		}
 		for i, s := range d.Allow.IPs {
 			pfx, err := parsePrefix(s)
@@ -627,15 +627,11 @@ func checkNamePattern(pat string) error {
 	return nil
 }
 
-func checkDNSPattern(pat string) error {
-	return checkNamePattern(pat)
-}
-
 func checkURIPattern(pat string) error {
 	if _, err := path.Match(pat, ""); err != nil {
 		return errors.New("bad glob")
 	}
-	if !strings.Contains(pat, "://") && !strings.Contains(pat, ":") {
+	if !strings.Contains(pat, ":") {
 		return errors.New("not a URI pattern (scheme:...)")
 	}
 	return nil

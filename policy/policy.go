@@ -42,15 +42,13 @@ const (
 	MaxStaticBytes          = 1 << 20
 	maxLimitLifetime        = 10 * 366 * 24 * time.Hour
 	maxLimitNames           = 1000
-	grantTypeX509           = "x509"
-	grantTypeStatic         = "static"
 	defaultCommonNameSource = "{{.Node}}"
 )
 
 // Grant types.
 const (
-	TypeX509   = grantTypeX509
-	TypeStatic = grantTypeStatic
+	TypeX509   = "x509"
+	TypeStatic = "static"
 )
 
 // DefaultKeyTypes are the key types a grant accepts unless it says.
@@ -75,22 +73,22 @@ type Policy struct {
 	renewAfterExpiry time.Duration
 	maxNames         int
 
-	authorities map[string]*Authority
-	groups      map[string]*Group
+	authorities map[string]*namedAuthority
+	groups      map[string]*group
 	grants      map[string]*Grant
 	lines       map[*Grant]int // for problems found after parsing (CheckAuthorities)
 }
 
-// Authority is a named X.509 authority the policy may sign with.
-type Authority struct {
+// namedAuthority is a named X.509 authority the policy may sign with.
+type namedAuthority struct {
 	Name        string
 	MaxLifetime time.Duration
 	line        int
 }
 
-// Group is a named set of nodes: those given it by their token, and those
+// group is a named set of nodes: those given it by their token, and those
 // whose names the group lists or matches.
-type Group struct {
+type group struct {
 	Name     string
 	Nodes    []string
 	Patterns []string
@@ -186,8 +184,8 @@ func Empty() *Policy {
 	p := &Policy{
 		cgcLifetime: DefaultCGCLifetime,
 		maxNames:    DefaultMaxNames,
-		authorities: map[string]*Authority{},
-		groups:      map[string]*Group{},
+		authorities: map[string]*namedAuthority{},
+		groups:      map[string]*group{},
 		grants:      map[string]*Grant{},
 		lines:       map[*Grant]int{},
 	}

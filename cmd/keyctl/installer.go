@@ -2,9 +2,12 @@ package main
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/keysystem/keysystem/authority"
 	"github.com/keysystem/keysystem/keyclient"
+	"github.com/keysystem/keysystem/keyserver/api"
+	"github.com/keysystem/keysystem/policy"
 	"github.com/keysystem/keysystem/tokens"
 )
 
@@ -60,6 +63,30 @@ Run: keyclient once --config THIS_FILE   (then keyclient run --config THIS_FILE)
 	if err != nil {
 		return err
 	}
+	out = append(out, itemHints(e, c, *node, groups, ips)...)
 	_, err = e.stdout.Write(out)
 	return err
+}
+
+// itemHints is a commented-out items: section listing what the running
+// policy grants the node, as a start for whoever writes its items. The
+// config works without it, so a keyserver that cannot explain (an older
+// one) only costs the hint.
+func itemHints(e *env, c *adminClient, node string, groups, ips []string) []byte {
+	var list api.GrantList
+	if err := c.do(e, "POST", api.PathPolicyExplain, api.ExplainRequest{Node: node, Groups: groups, IPs: ips}, &list); err != nil || len(list.Grants) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	b.WriteString("\n# What the policy grants this node now (keyctl policy explain --node " + node + ").\n")
+	b.WriteString("# Uncomment and adjust the items it should keep fresh (docs/keyclient.md):\n# items:\n")
+	for _, g := range list.Grants {
+		switch g.Type {
+		case policy.TypeX509:
+			fmt.Fprintf(&b, "#   - {type: x509, grant: %s, key: /etc/keysystem/%s.key, cert: /etc/keysystem/%s.crt, ca: /etc/keysystem/%s-ca.crt}\n", g.Name, g.Name, g.Name, g.Name)
+		case policy.TypeStatic:
+			fmt.Fprintf(&b, "#   - {type: static, name: %s, path: /etc/keysystem/%s.pem}\n", g.Name, g.Name)
+		}
+	}
+	return []byte(b.String())
 }

@@ -88,6 +88,15 @@ func TestPolicyEndToEnd(t *testing.T) {
 	// etcd1 is in group etcd by its token; web1 in group web by its name.
 	etcdCfg := w.installer("etcd1.example.org", "etcd1", "--group", "etcd", "--ip", "127.0.0.1")
 	webCfg := w.installer("web1.example.org", "web1")
+	hints := w.read("web1.yaml")
+	for _, want := range []string{"#   - {type: x509, grant: web-server,", "#   - {type: static, name: bundle,"} {
+		if !strings.Contains(hints, want) {
+			t.Errorf("installer output for web1 does not suggest %q:\n%s", want, hints)
+		}
+	}
+	if strings.Contains(hints, "etcd-peer") {
+		t.Errorf("installer output for web1 suggests a grant it does not get:\n%s", hints)
+	}
 	explained := w.must("keyctl", "policy", "explain", "--node", "web1.example.org")
 	for _, want := range []string{"web-server (x509, via group web)", "web1.web.internal", "bundle (static, via all nodes)", "not granted: etcd-peer, web-client"} {
 		if !strings.Contains(explained, want) {
