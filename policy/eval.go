@@ -51,8 +51,9 @@ func (e *NameError) Unwrap() error { return ErrNameNotAllowed }
 // GroupsOf is every group a node is in: those its token gave it that the
 // policy declares, and those whose names or patterns match it, sorted.
 func (p *Policy) GroupsOf(f Facts) []string {
-	// A token's group the policy no longer declares gives nothing: were
-	// it declared again one day, old tokens must not bring it back.
+	// A token's group the policy does not declare gives nothing (nor
+	// shows in .Groups) for as long as it is not declared; the node
+	// record keeps it, so declaring the name again gives it back.
 	out := slices.DeleteFunc(slices.Clone(f.Groups), func(g string) bool { return p.groups[g] == nil })
 	for _, name := range p.Groups() {
 		g := p.groups[name]

@@ -99,7 +99,7 @@ func cmdPolicyExplain(e *env, args []string) error {
 	fs.Var(&groups, "group", "a group the node's token gives it (repeatable)")
 	fs.Var(&ips, "ip", "an address its token records (repeatable)")
 	fs.Usage = func() {
-		fmt.Fprintf(e.stderr, `Usage: keyctl policy explain --node NAME [--grant G] [--group G ...] [--ip ADDR ...] [--json] [FILE]
+		fmt.Fprintf(e.stderr, `Usage: keyctl policy explain --node NAME [--grant G] [--group G ...] [--ip ADDR ...] [--json] [--authorities DIR] [FILE]
 
 With FILE, evaluates that policy file here, before it is deployed; --group
 and --ip say what the node's token would record. Without FILE, asks the
