@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 
 	"go.step.sm/crypto/keyutil"
 	"go.step.sm/crypto/pemutil"
@@ -72,13 +73,8 @@ func readX509Files(s *itemSpec) (*x509Files, error) {
 	if err != nil {
 		return nil, err
 	}
-	k, err := pemutil.ParseKey(keyPEM)
-	if err != nil {
-		return nil, problemf("key %s does not parse: %v", s.key, err)
-	}
-	var ok bool
-	if f.key, ok = k.(crypto.Signer); !ok {
-		return nil, problemf("key %s cannot sign", s.key)
+	if f.key, err = parseSigner(keyPEM); err != nil {
+		return nil, problemf("key %s: %v", s.key, err)
 	}
 	if f.leaf, err = readCert("cert", s.cert); err != nil {
 		return nil, err
@@ -173,18 +169,19 @@ func signedInTurn(leaf *x509.Certificate, chain []*x509.Certificate) error {
 
 // readCert reads a file of exactly one certificate.
 func readCert(what, path string) (*x509.Certificate, error) {
-	certs, err := readBundle(what, path)
-	if err != nil {
-		return nil, err
+	c, err := pemutil.ReadCertificate(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil, problemf("%s %s is missing", what, path)
+	case err != nil:
+		return nil, problemf("%s %s: %v", what, path, err)
 	}
-	if len(certs) != 1 {
-		return nil, problemf("%s %s holds %d certificates, want 1", what, path, len(certs))
-	}
-	return certs[0], nil
+	return c, nil
 }
 
 // readBundle reads a file of PEM certificates; an empty file is an empty
-// chain (an authority without intermediates has one).
+// chain (an authority without intermediates has one), which pemutil's
+// ReadCertificateBundle would refuse.
 func readBundle(what, path string) ([]*x509.Certificate, error) {
 	data, err := readFile(what, path)
 	if err != nil {
@@ -241,18 +238,22 @@ func certNames(c *x509.Certificate) (dns, ips, uris map[string]bool) {
 	return dns, ips, uris
 }
 
-// writeX509Files writes a new key and certificate with their chain and
-// root.
+// writeX509Files writes a key and certificate with their chain and root:
+// new ones, or the ones on disk again, to give them the mode and owner the
+// config asks for.
 //
-// Each file is replaced atomically, but the set is not, so the order
-// matters. The root goes first: a peer that reads this node's ca file then
-// already trusts a new root when a certificate from it appears. The key
-// goes next, because a failure to write it (owner, permissions, a full
-// disk) then changes nothing a service uses; the certificate follows at
-// once, so that key and certificate disagree only between two renames.
-// Chain and fullchain come last. A service should read the files when the
-// reload command tells it to, after all are in place; should the client
-// die in between, the next check finds the key and certificate apart and
+// The files are written as a set. Every one is first staged (written to a
+// temporary file beside its target, synced, given its owner, then its
+// mode); only when all are staged are they renamed into place, one right
+// after the other, so a failure before then (owner, permissions, a full
+// disk) aborts them all and changes nothing a service uses. Renames are
+// atomic each, but the set is not, so their order matters: the root goes
+// first, so that a peer that reads this node's ca file already trusts a
+// new root when a certificate from it appears; then the key and at once
+// the certificate, so that they disagree only between two renames; chain
+// and fullchain last. A service should read the files when the reload
+// command tells it to, after all are in place; should the client die in
+// between, the next check finds the key and certificate apart and
 // repairs them with a new certificate.
 func writeX509Files(s *itemSpec, key crypto.Signer, leaf *x509.Certificate, chain []*x509.Certificate, root *x509.Certificate) error {
 	keyPEM, err := authority.EncodeKeyPEM(key)
@@ -271,27 +272,131 @@ func writeX509Files(s *itemSpec, key crypto.Signer, leaf *x509.Certificate, chai
 		{s.chain, authority.EncodePEM(chain...), certMode},
 		{s.fullchain, authority.EncodePEM(append([]*x509.Certificate{leaf}, chain...)...), certMode},
 	}
+	var staged []*keyfile.Staged
+	defer func() {
+		for _, st := range staged {
+			st.Abort() // does nothing to those committed
+		}
+	}()
 	for _, f := range files {
 		if f.path == "" {
 			continue
 		}
-		if err := writeOwned(s, f.path, f.data, f.mode); err != nil {
+		st, err := stageOwned(s, f.path, f.data, f.mode)
+		if err != nil {
 			return err
+		}
+		staged = append(staged, st)
+	}
+	for _, st := range staged {
+		if err := st.Commit(); err != nil {
+			return fmt.Errorf("keyclient: %s: %w", s.label(), err)
 		}
 	}
 	return nil
 }
 
 // writeOwned writes one of an item's files atomically, with the item's
-// owner. A missing directory is created (0755, the client's own): a fresh
-// machine often lacks the service's directory until its package comes,
-// and what needs protecting is the key file, by its own mode.
+// owner.
 func writeOwned(s *itemSpec, path string, data []byte, mode os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("keyclient: %s: %w", s.label(), err)
+	st, err := stageOwned(s, path, data, mode)
+	if err != nil {
+		return err
 	}
-	if err := keyfile.WriteOwned(path, data, mode, s.owner); err != nil {
+	if err := st.Commit(); err != nil {
 		return fmt.Errorf("keyclient: %s: %w", s.label(), err)
 	}
 	return nil
+}
+
+// stageOwned stages one of an item's files with the item's owner (see
+// fileOwner). A missing directory is created (0755, the client's own): a
+// fresh machine often lacks the service's directory until its package
+// comes, and what needs protecting is the key file, by its own mode.
+func stageOwned(s *itemSpec, path string, data []byte, mode os.FileMode) (*keyfile.Staged, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("keyclient: %s: %w", s.label(), err)
+	}
+	st, err := keyfile.Stage(path, data, mode, s.fileOwner())
+	if err != nil {
+		return nil, fmt.Errorf("keyclient: %s: %w", s.label(), err)
+	}
+	return st, nil
+}
+
+// fileOwner is the owner and group the item's files get and are checked
+// against: those configured, and the keyclient's own where none is. The
+// group is set even then, so that a file made in a set-group-ID directory
+// does not take the directory's group and then differ from the config at
+// every check.
+func (s *itemSpec) fileOwner() keyfile.Owner {
+	o := s.owner
+	if o.UID < 0 {
+		o.UID = os.Geteuid()
+	}
+	if o.GID < 0 {
+		o.GID = os.Getegid()
+	}
+	return o
+}
+
+// attrCheck is how an item's files on disk differ from the mode and owner
+// the config gives them.
+type attrCheck struct {
+	wrong []string // one per difference, naming the file
+	// exposed says the key could be read by someone the config does not
+	// allow: its mode gives the group or others more than the configured
+	// mode does, it belongs to another user, or to another group that may
+	// read it, or it is not a regular file at all.
+	exposed bool
+}
+
+func (a attrCheck) String() string { return strings.Join(a.wrong, "; ") }
+
+// checkAttrs compares the mode and owner of each of the item's files (not
+// following links) with the config: the key's and a static file's mode
+// as configured, certificates 0644, the owner as fileOwner says. Missing
+// or unreadable files are left to the content checks.
+func checkAttrs(s *itemSpec) attrCheck {
+	var a attrCheck
+	own := s.fileOwner()
+	type file struct {
+		what, path string
+		mode       os.FileMode
+	}
+	var files []file
+	if s.typ == TypeStatic {
+		files = []file{{"file", s.path, s.mode}}
+	} else {
+		files = []file{{"key", s.key, s.mode}, {"cert", s.cert, certMode}, {"chain", s.chain, certMode},
+			{"fullchain", s.fullchain, certMode}, {"ca", s.ca, certMode}}
+	}
+	for _, f := range files {
+		if f.path == "" {
+			continue
+		}
+		fi, err := os.Lstat(f.path)
+		if err != nil {
+			continue
+		}
+		isKey := s.typ == TypeX509 && f.path == s.key
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !fi.Mode().IsRegular() || !ok {
+			a.wrong = append(a.wrong, fmt.Sprintf("%s %s is not a regular file", f.what, f.path))
+			a.exposed = a.exposed || isKey
+			continue
+		}
+		mode := fi.Mode() & (os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky)
+		uid, gid := int(st.Uid), int(st.Gid)
+		if mode != f.mode {
+			a.wrong = append(a.wrong, fmt.Sprintf("%s %s has mode %04o, the config says %04o", f.what, f.path, mode.Perm(), f.mode))
+		}
+		if uid != own.UID || gid != own.GID {
+			a.wrong = append(a.wrong, fmt.Sprintf("%s %s belongs to %d:%d, the config says %d:%d", f.what, f.path, uid, gid, own.UID, own.GID))
+		}
+		if isKey && (mode&0o077&^f.mode != 0 || uid != own.UID || gid != own.GID && mode&0o070 != 0) {
+			a.exposed = true
+		}
+	}
+	return a
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/keysystem/keysystem/authority"
 	"github.com/keysystem/keysystem/keyserver/api"
+	"github.com/keysystem/keysystem/policy"
 )
 
 // testClock moves only when told; After channels fire when it passes them.
@@ -186,7 +187,7 @@ func (f *fakeKeyserver) sign(_ context.Context, name, csrPEM string) (*api.Certi
 		u, _ := url.Parse(s)
 		req.URIs = append(req.URIs, u)
 	}
-	req.ExtKeyUsage = usageEKUs[g.Usage]
+	req.ExtKeyUsage = policy.Usage(g.Usage).ExtKeyUsage()
 	cert, err := f.auth.Sign(req)
 	if err != nil {
 		return nil, err
@@ -210,7 +211,7 @@ func (f *fakeKeyserver) static(_ context.Context, name string) ([]byte, string, 
 	if !ok {
 		return nil, "", grantDenied(name)
 	}
-	d := contentDigest(body)
+	d := api.Digest(body)
 	if o, ok := f.digest[name]; ok {
 		d = o
 	}
@@ -267,14 +268,18 @@ func newRig(t *testing.T, items []Item, noCGC bool) *rig {
 }
 
 // newClient starts a client on the rig's config and state, as a restart
-// would.
+// would: the client before it, if any, is closed first.
 func (r *rig) newClient() *Client {
 	r.t.Helper()
+	if r.c != nil {
+		r.c.Close()
+	}
 	c, err := New(r.cfg, Options{Clock: r.clk, Rand: bytes.NewReader(make([]byte, 32)), Logger: quietLogger(),
 		MinBackoff: 5 * time.Second, MaxBackoff: 10 * time.Minute})
 	if err != nil {
 		r.t.Fatal(err)
 	}
+	r.t.Cleanup(func() { c.Close() })
 	c.remote = r.ks
 	return c
 }

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/keysystem/keysystem/authority"
+	"github.com/keysystem/keysystem/keyserver/api"
 )
 
 // StatusLine is one line of `keyclient status`: the CGC or an item, as
@@ -25,22 +27,31 @@ type StatusLine struct {
 }
 
 // Healthy says the line needs no attention: nothing expired, missing,
-// invalid or failing.
+// invalid, failing or stale.
 func (l StatusLine) Healthy() bool {
 	return l.State == StateOK || l.State == StatePending
 }
 
 // Inspect reports on the CGC and every item of cfg, reading only: the
-// files on disk (parsed, key matched, expiry) and the status file. It
-// changes nothing and calls no keyserver.
-func Inspect(cfg *Config, now time.Time) ([]StatusLine, error) {
+// files on disk (parsed, key matched, expiry, mode and owner) and the
+// status file. It changes nothing and calls no keyserver. An unreadable
+// status file does not stop it: the lines then say only what is on disk,
+// and a warning says why.
+//
+// An item the status file says was last checked more than three check
+// intervals ago (and past the retry it was waiting for, and its reload
+// command's timeout) is stale: the daemon that checks it is not running,
+// or is stuck. Only a running daemon keeps the items fresh; `keyclient
+// once` records its checks too, but nothing checks again after it.
+func Inspect(cfg *Config, now time.Time) (lines []StatusLine, warnings []string, err error) {
 	set, err := cfg.settings()
 	if err != nil {
-		return nil, &ConfigError{fmt.Errorf("keyclient: %w", err)}
+		return nil, nil, &ConfigError{fmt.Errorf("keyclient: %w", err)}
 	}
 	st, err := ReadStatus(cfg.StateDir)
 	if err != nil {
-		return nil, err
+		warnings = append(warnings, fmt.Sprintf("%s is unreadable, so the last errors, pending reloads and whether the daemon still checks are unknown (the daemon rewrites it at its next check): %v",
+			filepath.Join(cfg.StateDir, StatusFile), strings.TrimPrefix(err.Error(), "keyclient: ")))
 	}
 	if st == nil {
 		st = &Status{}
@@ -49,9 +60,9 @@ func Inspect(cfg *Config, now time.Time) ([]StatusLine, error) {
 	if st.CGC.Type == TypeCGC {
 		cgcRec = &st.CGC
 	}
-	lines := []StatusLine{inspectCGC(cfg, cgcRec, now)}
+	lines = []StatusLine{inspectCGC(cfg, cgcRec, now)}
 	for _, spec := range set.items {
-		rec := st.find(spec.typ, spec.name)
+		rec := st.find(spec.typ, spec.id)
 		var l StatusLine
 		if spec.typ == TypeStatic {
 			l = inspectStatic(spec, rec)
@@ -59,9 +70,34 @@ func Inspect(cfg *Config, now time.Time) ([]StatusLine, error) {
 			l = inspectX509(spec, rec)
 		}
 		settleLine(&l, rec, now)
+		markStale(&l, spec, rec, set.checkInterval, now)
 		lines = append(lines, l)
 	}
-	return lines, nil
+	return lines, warnings, nil
+}
+
+// markStale turns a line that would be ok, pending or failing into stale
+// when its item has not been checked for too long (see Inspect). What is
+// wrong on disk (expired, missing, invalid) is said first.
+func markStale(l *StatusLine, s *itemSpec, rec *ItemStatus, checkInterval time.Duration, now time.Time) {
+	if rec == nil || rec.CheckedAt.IsZero() || (l.State != StateOK && l.State != StatePending && l.State != StateFailing) {
+		return
+	}
+	limit := rec.CheckedAt.Add(3 * checkInterval)
+	if retry := rec.NextAttempt.Add(2 * checkInterval); retry.After(limit) {
+		limit = retry // backing off after a failure, the item waits longer than a check interval
+	}
+	if s.reload != "" {
+		limit = limit.Add(s.reloadTimeout) // a pass may wait that long for its reload command
+	}
+	if !now.After(limit) {
+		return
+	}
+	msg := fmt.Sprintf("not checked since %s (check_interval %v): is the keyclient daemon running?", rec.CheckedAt.UTC().Format(time.RFC3339), checkInterval)
+	if l.LastError != "" {
+		msg += "; last error: " + l.LastError
+	}
+	l.State, l.LastError = StateStale, msg
 }
 
 func inspectCGC(cfg *Config, rec *ItemStatus, now time.Time) StatusLine {
@@ -88,7 +124,7 @@ func inspectCGC(cfg *Config, rec *ItemStatus, now time.Time) StatusLine {
 }
 
 func inspectX509(s *itemSpec, rec *ItemStatus) StatusLine {
-	l := StatusLine{Item: s.name, Type: s.typ}
+	l := StatusLine{Item: s.id, Type: s.typ}
 	f, err := readX509Files(s)
 	var fp *FileProblem
 	switch {
@@ -100,6 +136,14 @@ func inspectX509(s *itemSpec, rec *ItemStatus) StatusLine {
 		l.State, l.LastError = StateInvalid, err.Error()
 	default:
 		l.Expires, l.NextRenewal = f.leaf.NotAfter, renewalOf(f.leaf, rec)
+		if a := checkAttrs(s); len(a.wrong) > 0 {
+			l.State, l.LastError = StateInvalid, a.String()
+			if a.exposed {
+				l.LastError += " (the key may have been read by others: it is replaced at the next check)"
+			} else {
+				l.LastError += " (rewritten at the next check)"
+			}
+		}
 	}
 	return l
 }
@@ -115,7 +159,7 @@ func isMissing(s *itemSpec) bool {
 }
 
 func inspectStatic(s *itemSpec, rec *ItemStatus) StatusLine {
-	l := StatusLine{Item: s.name, Type: s.typ}
+	l := StatusLine{Item: s.id, Type: s.typ}
 	if rec != nil {
 		l.NextRenewal = rec.NextRefresh
 	}
@@ -125,8 +169,12 @@ func inspectStatic(s *itemSpec, rec *ItemStatus) StatusLine {
 		l.State, l.LastError = StateMissing, s.path+" is missing"
 	case err != nil:
 		l.State, l.LastError = StateInvalid, err.Error()
-	case rec != nil && rec.Digest != "" && contentDigest(data) != rec.Digest:
+	case rec != nil && rec.Digest != "" && api.Digest(data) != rec.Digest:
 		l.State, l.LastError = StateInvalid, s.path+" differs from the content last fetched (rewritten at the next check)"
+	default:
+		if a := checkAttrs(s); len(a.wrong) > 0 {
+			l.State, l.LastError = StateInvalid, a.String()+" (rewritten at the next check)"
+		}
 	}
 	return l
 }

@@ -31,9 +31,9 @@ func TestInspect(t *testing.T) {
 	inspect := func(now time.Time) []StatusLine {
 		t.Helper()
 		before, _ := os.ReadDir(r.state)
-		lines, err := Inspect(r.cfg, now)
-		if err != nil {
-			t.Fatal(err)
+		lines, warnings, err := Inspect(r.cfg, now)
+		if err != nil || len(warnings) > 0 {
+			t.Fatal(err, warnings)
 		}
 		if after, _ := os.ReadDir(r.state); len(after) != len(before) {
 			t.Fatal("Inspect wrote to the state directory")
@@ -60,8 +60,8 @@ func TestInspect(t *testing.T) {
 		t.Errorf("bundle's next refresh %v, want %v", lines[2].NextRenewal, r.c.items[1].nextRefresh)
 	}
 
-	// Expiry, seen a month later.
-	if got := states(inspect(r.clk.Now().Add(40 * 24 * time.Hour))); !slices.Equal(got, []string{"web1=expired", "web=expired", "bundle=ok"}) {
+	// Expiry, seen a month later; nothing checked the bundle since.
+	if got := states(inspect(r.clk.Now().Add(40 * 24 * time.Hour))); !slices.Equal(got, []string{"web1=expired", "web=expired", "bundle=stale"}) {
 		t.Errorf("a month on: %v", got)
 	}
 
@@ -100,9 +100,9 @@ func TestInspectFreshNode(t *testing.T) {
 	dir := t.TempDir()
 	cfg := &Config{Node: "web1", Servers: []string{"https://k:1"}, TrustAnchor: pin, StateDir: filepath.Join(dir, "state"),
 		Items: []Item{{Type: TypeStatic, Name: "bundle", Path: filepath.Join(dir, "b")}}}
-	lines, err := Inspect(cfg, time.Now())
-	if err != nil {
-		t.Fatal(err)
+	lines, warnings, err := Inspect(cfg, time.Now())
+	if err != nil || len(warnings) > 0 {
+		t.Fatal(err, warnings)
 	}
 	if got := states(lines); !slices.Equal(got, []string{"web1=missing", "bundle=missing"}) {
 		t.Fatalf("fresh node: %v", got)
@@ -112,7 +112,7 @@ func TestInspectFreshNode(t *testing.T) {
 	}
 	cfg.Items[0].Type = "bogus"
 	var ce *ConfigError
-	if _, err := Inspect(cfg, time.Now()); !errors.As(err, &ce) {
+	if _, _, err := Inspect(cfg, time.Now()); !errors.As(err, &ce) {
 		t.Fatalf("bad config: %v, want a ConfigError", err)
 	}
 }
@@ -165,5 +165,87 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// An item not checked for three check intervals is stale, unless it is
+// waiting for a retry, or its reload command may still be running.
+func TestInspectStale(t *testing.T) {
+	slow := bundleItem()
+	slow.Name, slow.Path = "slow", "slow.pem"
+	slow.Reload, slow.ReloadTimeout = "true", "10m"
+	r := newRig(t, []Item{webItem(), bundleItem(), slow}, false)
+	r.ks.addGrant("web")
+	r.ks.setStatic("bundle", []byte("roots\n"))
+	r.ks.setStatic("slow", []byte("slow\n"))
+	if _, err := r.c.Once(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	ci := r.c.set.checkInterval
+	at := func(d time.Duration) []string {
+		t.Helper()
+		lines, _, err := Inspect(r.cfg, r.clk.Now().Add(d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range lines {
+			if l.State == StateStale && (l.Healthy() || !strings.Contains(l.LastError, "is the keyclient daemon running?")) {
+				t.Errorf("stale line %+v", l)
+			}
+		}
+		return states(lines)
+	}
+	if got := at(3 * ci); !slices.Equal(got, []string{"web1=ok", "web=ok", "bundle=ok", "slow=ok"}) {
+		t.Errorf("three check intervals on: %v", got)
+	}
+	if got := at(3*ci + time.Second); !slices.Equal(got, []string{"web1=ok", "web=stale", "bundle=stale", "slow=ok"}) {
+		t.Errorf("just past three check intervals: %v", got)
+	}
+	if got := at(3*ci + 10*time.Minute + time.Second); !slices.Equal(got, []string{"web1=ok", "web=stale", "bundle=stale", "slow=stale"}) {
+		t.Errorf("past the reload timeout too: %v", got)
+	}
+
+	// A failing item backing off is due at its retry, not at its check.
+	r.ks.setFail("web", errors.New("keyserver unreachable"))
+	r.clk.Set(r.c.items[0].nextRefresh)
+	for range 8 {
+		if res := r.pass(0); res.Err == nil {
+			t.Fatalf("pass against a failing keyserver: %+v", res)
+		}
+		r.clk.Set(r.c.items[0].nextWake())
+	}
+	r.pass(0)
+	retry := r.c.items[0].nextAttempt.Sub(r.clk.Now())
+	if retry <= 3*ci {
+		t.Fatalf("backoff %v too short for this test", retry)
+	}
+	if got := at(retry + ci); got[1] != "web=failing" {
+		t.Errorf("before the retry is overdue: %v", got)
+	}
+	if got := at(retry + 2*ci + time.Second); got[1] != "web=stale" {
+		t.Errorf("retry overdue: %v", got)
+	}
+}
+
+// A status file that does not parse is a warning; the lines say what is
+// on disk.
+func TestInspectCorruptStatusFile(t *testing.T) {
+	r := newRig(t, []Item{bundleItem()}, false)
+	r.ks.setStatic("bundle", []byte("roots\n"))
+	if _, err := r.c.Once(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(r.state, StatusFile), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lines, warnings, err := Inspect(r.cfg, r.clk.Now())
+	if err != nil {
+		t.Fatalf("Inspect: %v", err)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], StatusFile) || !strings.Contains(warnings[0], "unreadable") {
+		t.Errorf("warnings %q", warnings)
+	}
+	if got := states(lines); !slices.Equal(got, []string{"web1=ok", "bundle=ok"}) {
+		t.Errorf("lines: %v", got)
 	}
 }

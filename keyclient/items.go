@@ -26,23 +26,26 @@ type item struct {
 	notAfter time.Time
 	renewAt  time.Time // drawn once per certificate
 	rootPin  string    // of the root the certificate with serial was issued under; "" unknown
+	dueEarly int       // consecutive new certificates already due when issued
 
-	// static: the content last fetched, and its digest.
+	// static: the content last fetched, and its digest; copied is the
+	// digest of the copy in the state directory ("" none known).
 	content []byte
 	digest  string
+	copied  string
 
 	reload reloadState
 }
 
 // ItemResult is what one pass did for one item.
 type ItemResult struct {
-	Name      string    // the grant, or the static file's name
+	Name      string    // the item's id: the grant or the static file's name, with "#2"... for further items of one grant
 	Type      string    // TypeX509 or TypeStatic
 	Action    Action    // none, issued, renewed, updated, recreated or failed
 	NotAfter  time.Time // x509: the certificate's expiry
 	RenewAt   time.Time // x509: when it is due; static: the next refresh
 	Err       error     // why the pass failed
-	ReloadErr error     // the reload command failed; the files are in place and the daemon retries it
+	ReloadErr error     // the reload command failed; the files are in place and the reload stays owed
 }
 
 func (c *Client) initItems() {
@@ -51,7 +54,7 @@ func (c *Client) initItems() {
 		c.log.Warn("ignoring an unreadable status file", "err", err)
 		prev = nil
 	}
-	c.status = newStatusBook(c.cfg)
+	c.status = newStatusBook(c.cfg, c.set.checkInterval)
 	c.status.cgc = c.cgcStatus(nil, time.Time{})
 	now := c.opts.Clock.Now()
 	for _, spec := range c.set.items {
@@ -64,9 +67,12 @@ func (c *Client) initItems() {
 		}
 		it := &item{spec: spec, rnd: mrand.New(mrand.NewChaCha8(seed))}
 		if prev != nil {
-			if st := prev.find(spec.typ, spec.name); st != nil {
+			if st := prev.find(spec.typ, spec.id); st != nil {
 				it.restore(st, now)
 			}
+		}
+		if spec.typ == TypeStatic {
+			c.loadStaticCopy(it)
 		}
 		c.items = append(c.items, it)
 		c.status.items = append(c.status.items, it.status(now))
@@ -144,7 +150,7 @@ func (it *item) nextWake() time.Time {
 // file is written afterwards.
 func (c *Client) itemPass(ctx context.Context, it *item, force, ignoreBackoff bool) ItemResult {
 	now := c.opts.Clock.Now()
-	res := ItemResult{Name: it.spec.name, Type: it.spec.typ, Action: ActionNone}
+	res := ItemResult{Name: it.spec.id, Type: it.spec.typ, Action: ActionNone}
 	if ignoreBackoff || !now.Before(it.nextAttempt) {
 		act, err := c.keep(ctx, it, now, force)
 		if err != nil && ctx.Err() != nil {
@@ -181,7 +187,9 @@ func (c *Client) keep(ctx context.Context, it *item, now time.Time, force bool) 
 }
 
 // settle records the outcome of a pass: a failure backs off, a change of
-// files makes a reload due.
+// files makes a reload due. A pass may both fail and change files (a
+// static file put back from the content held while the keyserver could
+// not be asked); the change is then reloaded for all the same.
 func (c *Client) settle(it *item, now time.Time, act Action, err error) {
 	it.waitingCGC = errors.Is(err, ErrNoCGC)
 	switch {
@@ -194,15 +202,15 @@ func (c *Client) settle(it *item, now time.Time, act Action, err error) {
 		it.lastErr = err
 		wait := backoff(c.opts.MinBackoff, c.opts.MaxBackoff, it.failures, it.rnd)
 		it.nextAttempt = now.Add(wait)
-		c.log.Error("keeping an item fresh failed", "item", it.spec.name, "type", it.spec.typ, "err", err,
+		c.log.Error("keeping an item fresh failed", "item", it.spec.id, "type", it.spec.typ, "err", err,
 			"failures", it.failures, "retry_in", wait.Round(time.Second))
 	default:
 		if it.failures > 0 {
-			c.log.Info("item recovered", "item", it.spec.name, "after_failures", it.failures)
+			c.log.Info("item recovered", "item", it.spec.id, "after_failures", it.failures)
 		}
 		it.failures, it.lastErr, it.nextAttempt = 0, nil, time.Time{}
 	}
-	if err == nil && act != ActionNone {
+	if act != ActionNone && act != ActionFailed {
 		c.logChange(it, act)
 		if it.spec.reload != "" {
 			// Recorded before the command runs, so that a crash during it
@@ -215,10 +223,10 @@ func (c *Client) settle(it *item, now time.Time, act Action, err error) {
 
 func (c *Client) logChange(it *item, act Action) {
 	if it.spec.typ == TypeStatic {
-		c.log.Info("static file "+string(act), "item", it.spec.name, "path", it.spec.path, "digest", it.digest)
+		c.log.Info("static file "+string(act), "item", it.spec.id, "path", it.spec.path, "digest", it.digest)
 		return
 	}
-	c.log.Info("certificate "+string(act), "item", it.spec.name, "cert", it.spec.cert, "serial", it.serial,
+	c.log.Info("certificate "+string(act), "item", it.spec.id, "cert", it.spec.cert, "serial", it.serial,
 		"not_after", it.notAfter, "renew_at", it.renewAt)
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/keysystem/keysystem/authority"
 	"github.com/keysystem/keysystem/authority/keyfile"
+	"github.com/keysystem/keysystem/policy"
 )
 
 // Item types.
@@ -45,6 +46,10 @@ type itemSpec struct {
 	index int    // position in the config, for messages
 	typ   string // TypeX509 or TypeStatic
 	name  string // the grant (x509) or the static grant's name
+	// id names the item in the status file and in logs: its name, with
+	// "#2", "#3"... for further x509 items of the same grant, in the order
+	// of the config.
+	id string
 
 	// x509
 	key, cert, chain, fullchain, ca string
@@ -92,10 +97,6 @@ func (s *itemSpec) files() []string {
 	return out
 }
 
-// grantName is the same rule the policy applies to grant names; checking
-// it here keeps odd characters out of the request path.
-var grantName = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$`)
-
 // dnsName accepts host names and a leading wildcard label; whether the
 // grant allows a name is the keyserver's decision.
 var dnsName = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -108,7 +109,8 @@ func (c *Config) resolveItems() ([]*itemSpec, []error) {
 		errs  []error
 	)
 	paths := c.reservedPaths()
-	names := map[string]string{} // grant or static name -> label of its first item
+	names := map[string]*itemSpec{} // grant or static name -> its first item
+	count := map[string]int{}       // x509 items per grant so far
 	for i := range c.Items {
 		spec, problems := resolveItem(i, &c.Items[i])
 		label := itemLabel(i, c.Items[i].Type, itemName(&c.Items[i]))
@@ -118,12 +120,22 @@ func (c *Config) resolveItems() ([]*itemSpec, []error) {
 		if spec == nil {
 			continue
 		}
-		// Two items for one grant would fight over its certificate and
-		// reload twice; it is almost always a copy-and-paste slip.
-		if first, dup := names[spec.name]; dup && spec.name != "" {
-			errs = append(errs, fmt.Errorf("%s: %q is already kept by %s", label, spec.name, first))
-		} else {
-			names[spec.name] = label
+		// Two x509 items may share a grant, with their own files (the
+		// path check below sees to that): one certificate per key type,
+		// say, for a server that offers both. A static file is kept once,
+		// and a name is either a grant or a static file, never both.
+		spec.id = spec.name
+		first, dup := names[spec.name]
+		switch {
+		case spec.name == "":
+		case !dup:
+			names[spec.name] = spec
+			count[spec.name] = 1
+		case spec.typ == TypeX509 && first.typ == TypeX509:
+			count[spec.name]++
+			spec.id = fmt.Sprintf("%s#%d", spec.name, count[spec.name])
+		default:
+			errs = append(errs, fmt.Errorf("%s: %q is already kept by %s", label, spec.name, first.label()))
 		}
 		for _, p := range spec.files() {
 			if first, dup := paths[p]; dup {
@@ -149,8 +161,14 @@ func itemName(it *Item) string {
 func (c *Config) reservedPaths() map[string]string {
 	m := map[string]string{}
 	if c.StateDir != "" {
-		for _, f := range []string{CGCFile, AnchorFile, AdmissionKeyFile, StatusFile} {
-			m[filepath.Join(filepath.Clean(c.StateDir), f)] = "the state directory"
+		dir := filepath.Clean(c.StateDir)
+		for _, f := range []string{CGCFile, AnchorFile, AdmissionKeyFile, StatusFile, LockFile} {
+			m[filepath.Join(dir, f)] = "the state directory"
+		}
+		for _, it := range c.Items {
+			if it.Type == TypeStatic && it.Name != "" {
+				m[staticCopyPath(dir, it.Name)] = "the state directory"
+			}
 		}
 	}
 	if c.TokenFile != "" {
@@ -177,8 +195,12 @@ func resolveItem(i int, it *Item) (*itemSpec, []error) {
 		add("type %q: unknown item type (want x509 or static)", it.Type)
 		return nil, errs
 	}
-	if spec.name != "" && !grantName.MatchString(spec.name) {
-		add("name %q: not a grant name (lower-case letters, digits, '.', '_', '-')", spec.name)
+	// The policy's rule for grant names; it also keeps odd characters
+	// out of request paths and of the state directory.
+	if spec.name != "" {
+		if err := policy.ValidName(spec.name); err != nil {
+			add("not a grant name: %w", err)
+		}
 	}
 	for _, p := range spec.files() {
 		if fi, err := os.Stat(p); err == nil && fi.IsDir() {

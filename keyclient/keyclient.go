@@ -33,6 +33,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.step.sm/crypto/keyutil"
@@ -48,7 +49,22 @@ const (
 	CGCFile          = "cgc.pem"       // key, certificate and chain in one file, so they change together
 	AnchorFile       = "anchor.crt"    // the keyserver root found by the pin
 	AdmissionKeyFile = "admission.key" // the key being admitted, kept until admission succeeds
+	LockFile         = "lock"          // locked (flock) by the one Client using the directory
+	StaticDir        = "static"        // the content last fetched of each static item, by name
 )
+
+// ErrStateDirInUse means another keyclient (a daemon, or a `keyclient
+// once`) holds the state directory's lock. Two clients on one directory
+// would each admit, renew and write the same files.
+var ErrStateDirInUse = errors.New("keyclient: state_dir is in use by another keyclient")
+
+type stateDirInUseError struct{ dir string }
+
+func (e *stateDirInUseError) Error() string {
+	return "keyclient: another keyclient (run or once) is using state_dir " + e.dir
+}
+
+func (e *stateDirInUseError) Unwrap() error { return ErrStateDirInUse }
 
 // ErrNoToken means the node holds no valid CGC and has no token to get one.
 var ErrNoToken = errors.New("keyclient: no valid CGC and no admission token: issue one with `keyctl token issue` and put it in the config")
@@ -76,13 +92,16 @@ type Options struct {
 }
 
 // Client keeps one node's CGC and items fresh. Once and Run are not to be
-// used at the same time.
+// used at the same time. A Client holds its state directory's lock from
+// New to Close, so that no other keyclient process uses the directory
+// meanwhile.
 type Client struct {
 	cfg  *Config
 	set  *settings
 	opts Options
 	log  *slog.Logger
 	rnd  *mrand.Rand // the CGC's jitter; each item has its own
+	lock *os.File    // the state directory's lock, held while open
 
 	mu       sync.Mutex // one CGC pass at a time
 	failures int        // consecutive failed CGC passes in Run
@@ -102,8 +121,10 @@ type Client struct {
 	status *statusBook
 }
 
-// New returns a Client for cfg.
-func New(cfg *Config, opts Options) (*Client, error) {
+// New returns a Client for cfg. It takes the state directory's lock, and
+// fails with ErrStateDirInUse when another keyclient holds it; Close
+// releases it.
+func New(cfg *Config, opts Options) (_ *Client, err error) {
 	set, err := cfg.settings()
 	if err != nil {
 		return nil, &ConfigError{fmt.Errorf("keyclient: %w", err)}
@@ -139,11 +160,49 @@ func New(cfg *Config, opts Options) (*Client, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, &ConfigError{fmt.Errorf("keyclient: state_dir: %w", err)}
 	}
+	if c.lock, err = lockStateDir(cfg.StateDir); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
 	if err := c.loadState(); err != nil {
 		return nil, err
 	}
 	c.initItems()
 	return c, nil
+}
+
+// lockStateDir takes the state directory's lock, without waiting. The
+// lock is the kernel's (flock), so it goes with the process, however it
+// ends; the file is opened close-on-exec, so reload commands, and what
+// they start, do not inherit it.
+func lockStateDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, LockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("keyclient: state_dir lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, &stateDirInUseError{dir}
+		}
+		return nil, fmt.Errorf("keyclient: state_dir lock: %w", err)
+	}
+	return f, nil
+}
+
+// Close releases the state directory's lock. The Client is not to be
+// used afterwards; closing it again does nothing.
+func (c *Client) Close() error {
+	if c.lock == nil {
+		return nil
+	}
+	err := c.lock.Close()
+	c.lock = nil
+	return err
 }
 
 // Action says what a pass did.
@@ -164,7 +223,8 @@ const (
 )
 
 // ErrItemsFailed is returned by Once when one or more items could not be
-// made valid; Report.Items says which and why.
+// made valid, or their reload command failed; Report.Items says which and
+// why.
 var ErrItemsFailed = errors.New("keyclient: items failed")
 
 // Report is the outcome of one pass.
@@ -182,8 +242,9 @@ type Report struct {
 // then does the same for every item in turn. force renews the CGC and
 // every certificate, and fetches every static file, even if not due. An
 // item's failure does not stop the others; the error joins the CGC's
-// failure, if any, and ErrItemsFailed when an item failed. The report is
-// never nil.
+// failure, if any, and ErrItemsFailed when an item failed or its reload
+// command did (the reload then stays owed, to the next run or once). The
+// report is never nil.
 func (c *Client) Once(ctx context.Context, force bool) (*Report, error) {
 	rep, err := c.cgcPass(ctx, force)
 	c.recordCGC(err, time.Time{})
@@ -194,8 +255,13 @@ func (c *Client) Once(ctx context.Context, force bool) (*Report, error) {
 	for _, it := range c.items {
 		res := c.itemPass(ctx, it, force, true)
 		rep.Items = append(rep.Items, res)
-		if res.Err != nil {
-			failed = append(failed, it.spec.name)
+		switch {
+		case res.Err != nil:
+			failed = append(failed, it.spec.id)
+		case res.ReloadErr != nil:
+			// With once alone nothing retries it: the files are in place,
+			// the reload stays owed to the next run, but this one failed.
+			failed = append(failed, it.spec.id+" (reload)")
 		}
 	}
 	if len(failed) > 0 {
@@ -250,6 +316,9 @@ func (c *Client) runCGC(ctx context.Context) {
 			wait = rep.RenewAt.Sub(c.opts.Clock.Now())
 			if rep.Action != ActionNone {
 				c.log.Info("CGC "+string(rep.Action), "serial", authority.SerialText(rep.Cert), "not_after", rep.Cert.NotAfter, "renew_at", rep.RenewAt)
+				// A new CGC already due (its issuer about to expire, or the
+				// clock far ahead) must not make the loop spin.
+				wait = max(wait, c.opts.MinBackoff)
 			}
 		}
 		wait = max(wait, 0)
@@ -275,12 +344,17 @@ func (c *Client) backoff(n int) time.Duration {
 // time up to hi, then "equal jitter" (half fixed, half random), so a fleet
 // that failed together does not retry together.
 func backoff(lo, hi time.Duration, n int, rnd *mrand.Rand) time.Duration {
+	d := doubled(lo, hi, n)
+	return d/2 + time.Duration(rnd.Int64N(int64(d/2)+1))
+}
+
+// doubled is lo doubled n-1 times, at most hi.
+func doubled(lo, hi time.Duration, n int) time.Duration {
 	d := lo
 	for i := 1; i < n && d < hi; i++ {
 		d *= 2
 	}
-	d = min(d, hi)
-	return d/2 + time.Duration(rnd.Int64N(int64(d/2)+1))
+	return min(d, hi)
 }
 
 // RenewTime is when a certificate valid from notBefore to notAfter is due:
@@ -319,7 +393,7 @@ func (c *Client) admit(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	csr, err := csrPEM(key)
+	csr, err := csrPEM(key, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -353,7 +427,7 @@ func (c *Client) renew(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	csr, err := csrPEM(key)
+	csr, err := csrPEM(key, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -381,10 +455,8 @@ func (c *Client) renew(ctx context.Context) (*Report, error) {
 func (c *Client) admissionKey() (crypto.Signer, error) {
 	path := filepath.Join(c.cfg.StateDir, AdmissionKeyFile)
 	if data, err := os.ReadFile(path); err == nil {
-		if k, err := pemutil.ParseKey(data); err == nil {
-			if s, ok := k.(crypto.Signer); ok {
-				return s, nil
-			}
+		if s, err := parseSigner(data); err == nil {
+			return s, nil
 		}
 		c.log.Warn("replacing an unreadable admission key", "file", path)
 	}
@@ -407,14 +479,32 @@ func (c *Client) newKey() (crypto.Signer, error) {
 	return authority.GenerateKey(kt)
 }
 
-// csrPEM is a certificate request that carries key's public half and
-// nothing else: the keyserver takes the identity from elsewhere.
-func csrPEM(key crypto.Signer) (string, error) {
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+// csrPEM is a certificate request that carries key's public half and the
+// extra names of tmpl (nil: none), nothing else: the keyserver takes the
+// identity and the rest from elsewhere (the CGC, the grant).
+func csrPEM(key crypto.Signer, tmpl *x509.CertificateRequest) (string, error) {
+	if tmpl == nil {
+		tmpl = &x509.CertificateRequest{}
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
 	if err != nil {
 		return "", fmt.Errorf("keyclient: certificate request: %w", err)
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), nil
+}
+
+// parseSigner reads a PEM private key (the first block, with
+// pemutil.WithFirstBlock) that can sign.
+func parseSigner(data []byte, opts ...pemutil.Options) (crypto.Signer, error) {
+	k, err := pemutil.ParseKey(data, opts...)
+	if err != nil {
+		return nil, err
+	}
+	s, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, errors.New("key cannot sign")
+	}
+	return s, nil
 }
 
 // install checks a CGC the keyserver sent and writes it with its key.
@@ -519,13 +609,9 @@ func (c *Client) loadState() error {
 // parseCGCFile reads the key (the file's first block) and the certificate
 // chain of a CGC file, and checks that they belong together.
 func parseCGCFile(data []byte) (crypto.Signer, []*x509.Certificate, error) {
-	k, err := pemutil.ParseKey(data, pemutil.WithFirstBlock())
+	key, err := parseSigner(data, pemutil.WithFirstBlock())
 	if err != nil {
 		return nil, nil, err
-	}
-	key, ok := k.(crypto.Signer)
-	if !ok {
-		return nil, nil, errors.New("key cannot sign")
 	}
 	certs, err := pemutil.ParseCertificateBundle(data)
 	if err != nil {

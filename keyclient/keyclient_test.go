@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -150,9 +151,63 @@ func TestUnusableCGCFileIsIgnored(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			defer c.Close()
 			if got, _ := c.State(); (got != nil) != tc.held {
 				t.Fatalf("holds a CGC: %v, want %v", got != nil, tc.held)
 			}
 		})
+	}
+}
+
+// A Client holds its state directory's lock from New to Close: a second
+// one is refused, with an error that is not the config's, while reading
+// the status goes on.
+func TestStateDirLock(t *testing.T) {
+	dir := t.TempDir()
+	cfg := &Config{Node: "web1", Servers: []string{"https://127.0.0.1:1"}, TrustAnchor: pin, StateDir: filepath.Join(dir, "state")}
+	opts := Options{Rand: bytes.NewReader(make([]byte, 64))}
+	c1, err := New(cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = New(cfg, Options{Rand: bytes.NewReader(make([]byte, 32))})
+	var ce *ConfigError
+	if !errors.Is(err, ErrStateDirInUse) || errors.As(err, &ce) || !strings.Contains(err.Error(), "another keyclient (run or once) is using state_dir "+cfg.StateDir) {
+		t.Fatalf("second client: %v, want ErrStateDirInUse naming the directory, not a ConfigError", err)
+	}
+	if _, _, err := Inspect(cfg, time.Now()); err != nil {
+		t.Errorf("Inspect while the lock is held: %v", err)
+	}
+	if fi, err := os.Stat(filepath.Join(cfg.StateDir, LockFile)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("lock file: %v, %v", fi, err)
+	}
+	if err := c1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c1.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	c2, err := New(cfg, Options{Rand: bytes.NewReader(make([]byte, 32))})
+	if err != nil {
+		t.Fatalf("after Close: %v", err)
+	}
+	c2.Close()
+}
+
+// A Client that fails to start releases the lock.
+func TestFailedNewReleasesTheLock(t *testing.T) {
+	dir := t.TempDir()
+	cfg := &Config{Node: "web1", Servers: []string{"https://127.0.0.1:1"}, TrustAnchor: pin, StateDir: dir}
+	writeCGC(t, dir, "web2", time.Now)
+	if _, err := New(cfg, Options{Rand: bytes.NewReader(make([]byte, 32))}); err == nil {
+		t.Fatal("a CGC for another node accepted")
+	}
+	f, err := os.Open(filepath.Join(dir, LockFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatalf("lock still held after a failed New: %v", err)
 	}
 }

@@ -19,9 +19,11 @@ type reloadState struct {
 	lastErr  error
 }
 
-// reloadWaitDelay bounds how long a finished or killed reload command's
-// output is waited for, should something it started keep it open.
-const reloadWaitDelay = 5 * time.Second
+// reloadGrace is, at most, how long a reload command has to end after
+// SIGTERM before it is killed, and how long its output is waited for
+// after it ended, should something it started keep it open. A tenth of
+// the timeout when that is shorter.
+const reloadGrace = 5 * time.Second
 
 // maxReloadOutput is how much of a reload command's output is kept for
 // the log.
@@ -36,11 +38,16 @@ func (c *Client) runReload(ctx context.Context, it *item, now time.Time) error {
 		it.reload = reloadState{}
 		return nil
 	}
-	out, err := runCommand(ctx, it.spec.reload, it.spec.reloadTimeout,
-		[]string{"KEYCLIENT_ITEM=" + it.spec.name, "KEYCLIENT_EVENT=" + string(ev)})
+	// KEYCLIENT_ITEM is the grant (or static name), which two items of
+	// one grant share; KEYCLIENT_CERT tells those apart.
+	env := []string{"KEYCLIENT_ITEM=" + it.spec.name, "KEYCLIENT_EVENT=" + string(ev)}
+	if it.spec.typ == TypeX509 {
+		env = append(env, "KEYCLIENT_CERT="+it.spec.cert)
+	}
+	out, err := runCommand(ctx, it.spec.reload, it.spec.reloadTimeout, env)
 	if err == nil {
-		c.log.Info("reload command ran", "item", it.spec.name, "event", ev)
-		c.log.Debug("reload command output", "item", it.spec.name, "output", out)
+		c.log.Info("reload command ran", "item", it.spec.id, "event", ev)
+		c.log.Debug("reload command output", "item", it.spec.id, "output", out)
 		it.reload = reloadState{}
 		return nil
 	}
@@ -52,15 +59,19 @@ func (c *Client) runReload(ctx context.Context, it *item, now time.Time) error {
 	it.reload.lastErr = err
 	wait := backoff(c.opts.MinBackoff, c.opts.MaxBackoff, it.reload.failures, it.rnd)
 	it.reload.next = now.Add(wait)
-	c.log.Error("reload command failed", "item", it.spec.name, "event", ev, "err", err, "output", out,
+	c.log.Error("reload command failed", "item", it.spec.id, "event", ev, "err", err, "output", out,
 		"failures", it.reload.failures, "retry_in", wait.Round(time.Second))
 	return err
 }
 
 // runCommand runs command with /bin/sh -c and env added to the client's
-// own environment. Once timeout has passed, the command and everything it
-// started (its process group) are killed.
+// own environment. Once timeout has passed (or ctx is done) while it
+// runs, the command and everything it started (its process group) are
+// sent SIGTERM, and what is left of the group after a grace (reloadGrace,
+// or a tenth of the timeout when shorter) SIGKILL. A command that ended
+// by itself is never signalled, nor what it left running.
 func runCommand(ctx context.Context, command string, timeout time.Duration, env []string) (string, error) {
+	grace := min(reloadGrace, timeout/10)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", command)
@@ -68,16 +79,39 @@ func runCommand(ctx context.Context, command string, timeout time.Duration, env 
 	out := &tailBuffer{max: maxReloadOutput}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = reloadWaitDelay
+	terminated := make(chan time.Time, 1) // when SIGTERM was sent
+	cmd.Cancel = func() error {
+		terminated <- time.Now()
+		return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+	}
+	// After SIGTERM, Wait gives the shell this long before it kills it;
+	// the rest of the group is seen to below.
+	cmd.WaitDelay = grace
 	err := cmd.Run()
+	select {
+	case at := <-terminated:
+		killGroupAfter(cmd.Process.Pid, at.Add(grace))
+	default:
+	}
 	switch {
-	case errors.Is(err, exec.ErrWaitDelay):
+	case errors.Is(err, exec.ErrWaitDelay) && ctx.Err() == nil:
 		err = nil // it succeeded; something it left running holds its output open
 	case err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
-		err = fmt.Errorf("killed after reload_timeout %v: %w", timeout, err)
+		err = fmt.Errorf("terminated after reload_timeout %v (SIGTERM, then SIGKILL after %v): %w", timeout, grace, err)
 	}
 	return strings.TrimSpace(out.String()), err
+}
+
+// killGroupAfter sends SIGKILL to process group pgid at deadline, unless
+// the group is gone by then.
+func killGroupAfter(pgid int, deadline time.Time) {
+	for time.Now().Before(deadline) {
+		if errors.Is(syscall.Kill(-pgid, 0), syscall.ESRCH) {
+			return
+		}
+		time.Sleep(min(10*time.Millisecond, time.Until(deadline)))
+	}
+	syscall.Kill(-pgid, syscall.SIGKILL)
 }
 
 // tailBuffer keeps the last max bytes written to it.

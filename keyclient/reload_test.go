@@ -154,7 +154,7 @@ func TestReloadTimeoutKillsTheCommand(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "pid")
 	start := time.Now()
 	_, err := runCommand(context.Background(), "sleep 60 & echo $! > "+pidFile+"; wait", 300*time.Millisecond, nil)
-	if err == nil || !strings.Contains(err.Error(), "killed after reload_timeout") {
+	if err == nil || !strings.Contains(err.Error(), "terminated after reload_timeout") {
 		t.Fatalf("err = %v, want killed", err)
 	}
 	if d := time.Since(start); d > 10*time.Second {
@@ -201,5 +201,86 @@ func TestRunCommandOutputAndEnv(t *testing.T) {
 	tb.Write([]byte("abcdef"))
 	if tb.String() != "cdef" {
 		t.Errorf("tail %q", tb.String())
+	}
+}
+
+// With once alone nothing retries a reload command that failed: Once
+// counts it as a failure; the reload stays owed, and a later Once runs it.
+func TestOnceCountsAFailedReload(t *testing.T) {
+	okFile := filepath.Join(t.TempDir(), "ok")
+	it := bundleItem()
+	it.Reload = "test -f " + okFile
+	r := newRig(t, []Item{it}, false)
+	r.ks.setStatic("bundle", []byte("roots\n"))
+	rep, err := r.c.Once(context.Background(), false)
+	if !errors.Is(err, ErrItemsFailed) || !strings.Contains(err.Error(), "bundle (reload)") {
+		t.Fatalf("err = %v, want ErrItemsFailed naming bundle's reload", err)
+	}
+	if res := rep.Items[0]; res.Action != ActionIssued || res.Err != nil || res.ReloadErr == nil {
+		t.Fatalf("result %+v", res)
+	}
+	if st, _ := ReadStatus(r.state); !st.Items[0].ReloadPending {
+		t.Error("the failed reload is not owed in the status file")
+	}
+	os.WriteFile(okFile, nil, 0o644)
+	r.c = r.newClient()
+	if rep, err := r.c.Once(context.Background(), false); err != nil || rep.Items[0].ReloadErr != nil {
+		t.Fatalf("next once: %v, %+v", err, rep.Items[0])
+	}
+	if st, _ := ReadStatus(r.state); st.Items[0].ReloadPending {
+		t.Error("the reload is still owed after it ran")
+	}
+}
+
+// At the timeout the command's group is sent SIGTERM first, so that it
+// can end cleanly; what ignores SIGTERM is killed after the grace.
+func TestReloadTimeoutTerminatesFirst(t *testing.T) {
+	dir := t.TempDir()
+	termFile, pidFile := filepath.Join(dir, "term"), filepath.Join(dir, "pid")
+	cmd := `trap 'echo term > ` + termFile + `; exit 0' TERM
+sh -c 'trap "" TERM; echo $$ > ` + pidFile + `; sleep 60' &
+wait`
+	start := time.Now()
+	_, err := runCommand(context.Background(), cmd, time.Second, nil)
+	if err == nil || !strings.Contains(err.Error(), "terminated after reload_timeout") {
+		t.Fatalf("err = %v, want terminated (even though the command exited 0 on SIGTERM)", err)
+	}
+	if data, _ := os.ReadFile(termFile); strings.TrimSpace(string(data)) != "term" {
+		t.Error("the command was not sent SIGTERM")
+	}
+	if d := time.Since(start); d < time.Second+50*time.Millisecond || d > 10*time.Second {
+		t.Errorf("took %v, want the timeout and the grace (a tenth of it)", d)
+	}
+	data, _ := os.ReadFile(pidFile)
+	pid, perr := strconv.Atoi(strings.TrimSpace(string(data)))
+	if perr != nil {
+		t.Fatalf("pid file: %q", data)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the child %d that ignored SIGTERM survived", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A command that ends by itself is never signalled, nor what it left
+// running in its group.
+func TestReloadLeavesWhatItStartedAlone(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	_, err := runCommand(context.Background(), "sleep 30 >/dev/null 2>&1 & echo $! > "+pidFile, time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(pidFile)
+	pid, perr := strconv.Atoi(strings.TrimSpace(string(data)))
+	if perr != nil {
+		t.Fatalf("pid file: %q", data)
+	}
+	defer syscall.Kill(pid, syscall.SIGKILL)
+	time.Sleep(1500 * time.Millisecond) // past the timeout
+	if !alive(pid) {
+		t.Error("what the command left running was killed")
 	}
 }

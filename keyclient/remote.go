@@ -2,8 +2,6 @@ package keyclient
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -73,12 +71,6 @@ func (r httpRemote) static(ctx context.Context, name string) ([]byte, string, er
 	return body, digest, nil
 }
 
-// contentDigest is the digest the keyserver sends with a static file.
-func contentDigest(b []byte) string {
-	sum := sha256.Sum256(b)
-	return "sha256:" + hex.EncodeToString(sum[:])
-}
-
 // checkStatic accepts a static file's content only when it fits the limit
 // and matches the digest the keyserver sent with it; a file cut short or
 // changed on the way is never written.
@@ -89,7 +81,7 @@ func checkStatic(body []byte, digest string) error {
 	if digest == "" {
 		return fmt.Errorf("keyclient: static file came without its %s header", api.HeaderDigest)
 	}
-	if got := contentDigest(body); !strings.EqualFold(strings.TrimSpace(digest), got) {
+	if got := api.Digest(body); !strings.EqualFold(strings.TrimSpace(digest), got) {
 		return fmt.Errorf("keyclient: static file does not match its digest (sent %s, content is %s)", digest, got)
 	}
 	return nil

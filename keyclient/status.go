@@ -1,11 +1,13 @@
 package keyclient
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -19,14 +21,16 @@ import (
 const StatusFile = "status.json"
 
 // States of the CGC and of items. The status file holds the first four;
-// `keyclient status` also reports what it finds on disk.
+// `keyclient status` also reports what it finds on disk, and whether the
+// client still looks at the items.
 const (
 	StateOK      = "ok"
 	StateFailing = "failing" // the last attempt failed (or the reload command did); the files are still valid
 	StateExpired = "expired"
 	StatePending = "pending" // not obtained yet, or waiting for the CGC
 	StateMissing = "missing" // files absent
-	StateInvalid = "invalid" // files unreadable or not matching each other or the config
+	StateInvalid = "invalid" // files unreadable, not matching each other or the config, or with another mode or owner
+	StateStale   = "stale"   // not checked for a while: no daemon runs, or it is stuck
 )
 
 // TypeCGC is the type the CGC has in status displays.
@@ -41,7 +45,7 @@ type Status struct {
 
 // ItemStatus is what the client knows about the CGC or one item.
 type ItemStatus struct {
-	Name           string    `json:"name"`
+	Name           string    `json:"name"` // the node (cgc), or the item's id: its grant or static name, "#2"... for further items of one grant
 	Type           string    `json:"type"` // cgc, x509 or static
 	State          string    `json:"state"`
 	LastError      string    `json:"last_error,omitempty"`
@@ -88,46 +92,76 @@ func ReadStatus(stateDir string) (*Status, error) {
 
 // statusBook holds the status and writes it, from any goroutine.
 type statusBook struct {
-	mu    sync.Mutex
-	path  string
-	node  string
-	cgc   ItemStatus
-	items []ItemStatus // in the order of the config
+	mu       sync.Mutex
+	path     string
+	node     string
+	interval time.Duration // check_interval
+	cgc      ItemStatus
+	items    []ItemStatus // in the order of the config
+	written  *Status      // what the file last written holds; nil before the first write
 }
 
-func newStatusBook(cfg *Config) *statusBook {
+func newStatusBook(cfg *Config, checkInterval time.Duration) *statusBook {
 	return &statusBook{
-		path: filepath.Join(cfg.StateDir, StatusFile),
-		node: cfg.Node,
-		cgc:  ItemStatus{Name: cfg.Node, Type: TypeCGC, State: StatePending},
+		path:     filepath.Join(cfg.StateDir, StatusFile),
+		node:     cfg.Node,
+		interval: checkInterval,
+		cgc:      ItemStatus{Name: cfg.Node, Type: TypeCGC, State: StatePending},
 	}
 }
 
 // put records one entry (the CGC's when its type is cgc) and writes the
-// file, after every pass: its CheckedAt times show the client is alive.
+// file after a pass: its CheckedAt times show the client is alive. A pass
+// that changed nothing but CheckedAt writes only when the entry's
+// CheckedAt on disk is at least check_interval old, so that passes more
+// frequent than the checks (retries, refreshes, reloads) do not rewrite
+// the file each time.
 func (b *statusBook) put(st ItemStatus) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	var old *ItemStatus // as last written
 	if st.Type == TypeCGC {
 		b.cgc = st
+		if b.written != nil {
+			old = &b.written.CGC
+		}
 	} else {
 		for i := range b.items {
 			if b.items[i].Type == st.Type && b.items[i].Name == st.Name {
 				b.items[i] = st
+				if b.written != nil {
+					old = &b.written.Items[i]
+				}
 			}
 		}
 	}
-	data, err := json.MarshalIndent(Status{Node: b.node, CGC: b.cgc, Items: b.items}, "", "  ")
+	if old != nil && sameButCheckedAt(*old, st) && st.CheckedAt.Sub(old.CheckedAt) < b.interval {
+		return nil
+	}
+	now := Status{Node: b.node, CGC: b.cgc, Items: slices.Clone(b.items)}
+	data, err := json.MarshalIndent(now, "", "  ")
 	if err != nil {
 		return fmt.Errorf("keyclient: status: %w", err)
 	}
-	return keyfile.Write(b.path, append(data, '\n'), 0o600)
+	if err := keyfile.Write(b.path, append(data, '\n'), 0o600); err != nil {
+		return err
+	}
+	b.written = &now
+	return nil
+}
+
+// sameButCheckedAt says two entries differ at most in CheckedAt.
+func sameButCheckedAt(a, b ItemStatus) bool {
+	a.CheckedAt, b.CheckedAt = time.Time{}, time.Time{}
+	ja, err1 := json.Marshal(a)
+	jb, err2 := json.Marshal(b)
+	return err1 == nil && err2 == nil && bytes.Equal(ja, jb)
 }
 
 // status is the item's entry in the status file.
 func (it *item) status(now time.Time) ItemStatus {
 	st := ItemStatus{
-		Name:        it.spec.name,
+		Name:        it.spec.id,
 		Type:        it.spec.typ,
 		State:       it.state(now),
 		LastError:   errText(it.lastErr),

@@ -3,9 +3,7 @@ package keyclient
 import (
 	"context"
 	"crypto"
-	"crypto/rand"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -19,46 +17,74 @@ import (
 
 	"github.com/keysystem/keysystem/authority"
 	"github.com/keysystem/keysystem/keyserver/api"
+	"github.com/keysystem/keysystem/policy"
 )
 
 // keepX509 does one pass for an x509 item. Its files are read and checked
 // (no keyserver call); a new certificate, for a new key, is requested at
-// once when they are missing or do not agree, when the certificate is due
-// or forced, and when the grant, asked for every refresh interval, no
-// longer matches the certificate.
+// once when they are missing or do not agree, when the key was readable
+// by others, when the certificate is due or forced, and when the grant,
+// asked for every refresh interval, no longer matches the certificate.
+// Files that are good but have another mode or owner than configured are
+// written again as they are.
 func (c *Client) keepX509(ctx context.Context, it *item, now time.Time, force bool) (Action, error) {
 	files, err := readX509Files(it.spec)
 	var (
-		why Action
-		fp  *FileProblem
+		why       Action
+		rewritten bool // the files were written again, for their mode or owner
+		fp        *FileProblem
 	)
 	switch {
 	case errors.As(err, &fp) && fp.Missing && !it.held:
 		why = ActionIssued
 	case err != nil:
-		c.log.Warn("item files need repair", "item", it.spec.name, "problem", err)
+		c.log.Warn("item files need repair", "item", it.spec.id, "problem", err)
 		why = ActionRecreated
 	default:
 		it.observe(files)
-		if force || !now.Before(it.renewAt) {
+		if attrs := checkAttrs(it.spec); len(attrs.wrong) > 0 {
+			// Put right at once, even for a key about to be replaced: that
+			// needs the keyserver, which may not answer.
+			if attrs.exposed {
+				c.log.Warn("private key was readable beyond what the config allows: it is taken as compromised and replaced, with a new certificate",
+					"item", it.spec.id, "key", it.spec.key, "problem", attrs)
+				why = ActionRecreated
+			} else {
+				c.log.Warn("item files have another mode or owner than configured; writing them again", "item", it.spec.id, "problem", attrs)
+			}
+			if err := writeX509Files(it.spec, files.key, files.leaf, files.chain, files.root); err != nil {
+				return ActionFailed, err
+			}
+			rewritten = !attrs.exposed
+		}
+		if why == "" && (force || !now.Before(it.renewAt)) {
 			why = ActionRenewed
 		}
 	}
+	var g *api.GrantInfo
 	if why == "" {
-		if now.Before(it.nextRefresh) {
-			return ActionNone, nil
+		done := ActionNone
+		if rewritten {
+			done = ActionRecreated
 		}
-		stale, err := c.checkGrant(ctx, it, files, now)
+		if now.Before(it.nextRefresh) {
+			return done, nil
+		}
+		var stale error
+		g, stale, err = c.checkGrant(ctx, it, files, now)
 		if err != nil {
+			if done != ActionNone {
+				return done, err // the files were rewritten all the same
+			}
 			return ActionFailed, err
 		}
 		if stale == nil {
-			return ActionNone, nil
+			return done, nil
 		}
-		c.log.Info("certificate no longer matches its grant", "item", it.spec.name, "difference", stale)
+		c.log.Info("certificate no longer matches its grant", "item", it.spec.id, "difference", stale)
 		why = ActionUpdated
 	}
-	if err := c.issueX509(ctx, it, now); err != nil {
+	if err := c.issueX509(ctx, it, now, g); err != nil {
 		return ActionFailed, err
 	}
 	return why, nil
@@ -83,13 +109,14 @@ func (it *item) observe(f *x509Files) {
 
 // checkGrant asks the keyserver what the grant says now and compares the
 // certificate with it; stale says how they differ, nil when they agree.
-func (c *Client) checkGrant(ctx context.Context, it *item, f *x509Files, now time.Time) (stale, err error) {
-	g, err := c.fetchGrant(ctx, it, now)
+// The grant is returned for the new certificate stale calls for.
+func (c *Client) checkGrant(ctx context.Context, it *item, f *x509Files, now time.Time) (g *api.GrantInfo, stale, err error) {
+	g, err = c.fetchGrant(ctx, it, now)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	it.nextRefresh = now.Add(it.jittered(it.spec.refresh))
-	return grantMismatch(f.leaf, it.rootPin, g, it.spec), nil
+	return g, grantMismatch(f.leaf, it.rootPin, g, it.spec), nil
 }
 
 // fetchGrant gets the grant and checks that an x509 item can use it.
@@ -113,17 +140,20 @@ func (c *Client) fetchGrant(ctx context.Context, it *item, now time.Time) (*api.
 }
 
 // issueX509 gets a new certificate for a new key and writes it. The
-// grant is asked first, to check the answer against it.
-func (c *Client) issueX509(ctx context.Context, it *item, now time.Time) error {
-	g, err := c.fetchGrant(ctx, it, now)
-	if err != nil {
-		return err
+// answer is checked against the grant: g when the caller just asked for
+// it, else it is asked first.
+func (c *Client) issueX509(ctx context.Context, it *item, now time.Time, g *api.GrantInfo) error {
+	if g == nil {
+		var err error
+		if g, err = c.fetchGrant(ctx, it, now); err != nil {
+			return err
+		}
 	}
 	key, err := authority.GenerateKey(it.spec.keyType)
 	if err != nil {
 		return err
 	}
-	csr, err := itemCSR(key, it.spec)
+	csr, err := csrPEM(key, it.spec.csrTemplate())
 	if err != nil {
 		return err
 	}
@@ -144,27 +174,38 @@ func (c *Client) issueX509(ctx context.Context, it *item, now time.Time) error {
 	}
 	it.serial, it.rootPin, it.notAfter, it.held = authority.SerialText(leaf), pin, leaf.NotAfter, true
 	it.renewAt = RenewTime(leaf.NotBefore, leaf.NotAfter, it.rnd.Float64())
+	// A certificate due as soon as it is issued (its issuer is about to
+	// expire, or the clock is far ahead) would be renewed at once, again
+	// and again: the next renewal waits MinBackoff, doubling each time.
+	if earliest := now.Add(c.opts.MinBackoff); it.renewAt.Before(earliest) {
+		it.dueEarly++
+		wait := doubled(c.opts.MinBackoff, c.opts.MaxBackoff, it.dueEarly)
+		it.renewAt = now.Add(wait)
+		c.log.Warn("new certificate is due for renewal already (its issuer expires soon, or the clock is off); it is renewed later",
+			"item", it.spec.id, "not_before", leaf.NotBefore, "not_after", leaf.NotAfter, "renew_at", it.renewAt)
+	} else {
+		it.dueEarly = 0
+	}
 	it.nextRefresh = now.Add(it.jittered(it.spec.refresh))
 	return nil
 }
 
-// itemCSR carries the key's public half and the extra names the item asks
-// for, nothing else: the grant decides the rest.
-func itemCSR(key crypto.Signer, s *itemSpec) (string, error) {
+// csrTemplate carries the extra names the item asks for, nothing else:
+// the grant decides the rest.
+func (s *itemSpec) csrTemplate() *x509.CertificateRequest {
 	tmpl := &x509.CertificateRequest{DNSNames: s.dns, URIs: s.uris}
 	for _, a := range s.ips {
 		tmpl.IPAddresses = append(tmpl.IPAddresses, net.IP(a.AsSlice()))
 	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-	if err != nil {
-		return "", fmt.Errorf("keyclient: certificate request: %w", err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), nil
+	return tmpl
 }
 
 // checkIssued accepts a keyserver's answer only when the certificate is
 // for key, chains through the chain sent to the root sent, that root is
-// the one the grant names, and it is valid now.
+// the one the grant names, and it is valid now, or from its NotBefore on
+// when that is later: a node whose clock is behind the keyserver's by more
+// than the backdating (authority.Backdate) still takes it. A certificate
+// that has expired by now is refused.
 func checkIssued(resp *api.CertificateResponse, key crypto.Signer, grant string, g *api.GrantInfo, now time.Time) (leaf *x509.Certificate, chain []*x509.Certificate, root *x509.Certificate, err error) {
 	if resp.Grant != "" && resp.Grant != grant {
 		return nil, nil, nil, fmt.Errorf("keyserver answered for grant %q", resp.Grant)
@@ -196,8 +237,12 @@ func checkIssued(resp *api.CertificateResponse, key crypto.Signer, grant string,
 	for _, c := range chain {
 		inter.AddCert(c)
 	}
+	at := now
+	if leaf.NotBefore.After(at) {
+		at = leaf.NotBefore
+	}
 	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots: roots, Intermediates: inter, CurrentTime: now,
+		Roots: roots, Intermediates: inter, CurrentTime: at,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	}); err != nil {
 		return nil, nil, nil, fmt.Errorf("certificate does not verify against the root sent: %w", err)
@@ -208,6 +253,8 @@ func checkIssued(resp *api.CertificateResponse, key crypto.Signer, grant string,
 	return leaf, chain, root, nil
 }
 
+// onePEMCert parses a PEM text of exactly one certificate
+// (pemutil.ParseCertificate would take the first of several).
 func onePEMCert(s string) (*x509.Certificate, error) {
 	certs, err := pemutil.ParseCertificateBundle([]byte(s))
 	if err != nil {
@@ -250,7 +297,7 @@ func grantMismatch(leaf *x509.Certificate, rootPin string, g *api.GrantInfo, s *
 		asked = append(asked, u.String())
 	}
 	diff = append(diff, compareNames("URI", uris, g.URIs, asked)...)
-	if want, ok := usageEKUs[g.Usage]; ok && !sameUsages(leaf.ExtKeyUsage, want) {
+	if want := policy.Usage(g.Usage).ExtKeyUsage(); want != nil && !sameUsages(leaf.ExtKeyUsage, want) {
 		diff = append(diff, fmt.Sprintf("usage differs from %q", g.Usage))
 	}
 	switch rootPin {
@@ -267,12 +314,6 @@ func grantMismatch(leaf *x509.Certificate, rootPin string, g *api.GrantInfo, s *
 		return nil
 	}
 	return errors.New(strings.Join(diff, "; "))
-}
-
-var usageEKUs = map[string][]x509.ExtKeyUsage{
-	"server": {x509.ExtKeyUsageServerAuth},
-	"client": {x509.ExtKeyUsageClientAuth},
-	"both":   {x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 }
 
 func sameUsages(have, want []x509.ExtKeyUsage) bool {

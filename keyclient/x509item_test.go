@@ -1,12 +1,16 @@
 package keyclient
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -324,7 +328,7 @@ func TestCheckIssuedRefuses(t *testing.T) {
 	ks := newFakeKeyserver(t, clk.Now)
 	g := ks.addGrant("web")
 	key, _ := authority.GenerateKey(authority.ECDSAP256)
-	csr, _ := itemCSR(key, &itemSpec{})
+	csr, _ := csrPEM(key, nil)
 	good, err := ks.sign(context.Background(), "web", csr)
 	if err != nil {
 		t.Fatal(err)
@@ -379,7 +383,7 @@ func TestGrantMismatch(t *testing.T) {
 	g := ks.addGrant("web", func(g *api.GrantInfo) { g.URIs = []string{"spiffe://example.org/web1"} })
 	spec := &itemSpec{keyType: authority.ECDSAP256, dns: []string{"extra.internal"}}
 	key, _ := authority.GenerateKey(authority.ECDSAP256)
-	csr, _ := itemCSR(key, spec)
+	csr, _ := csrPEM(key, spec.csrTemplate())
 	resp, err := ks.sign(context.Background(), "web", csr)
 	if err != nil {
 		t.Fatal(err)
@@ -568,5 +572,280 @@ func TestX509FilesGetOwner(t *testing.T) {
 		if st.Uid != 65534 || st.Gid != 65533 {
 			t.Errorf("%s: owner %d:%d, want 65534:65533", f, st.Uid, st.Gid)
 		}
+	}
+}
+
+// logTo sends the client's log to a buffer the test reads.
+func (r *rig) logTo() *syncBuffer {
+	b := &syncBuffer{}
+	r.c.log = slog.New(slog.NewTextHandler(b, nil))
+	return b
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// An item's files are written as a set: when one of them cannot be
+// staged, none is renamed, and the key and certificate a service uses
+// stay as they were.
+func TestX509FilesAreWrittenAsASet(t *testing.T) {
+	it := webItem()
+	it.FullChain = "sub/full.crt"
+	r := newRig(t, []Item{it}, false)
+	r.ks.addGrant("web")
+	if res := r.pass(0); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	before := map[string][]byte{}
+	for _, f := range []string{"web.key", "web.crt", "chain.crt", "ca.crt"} {
+		before[f], _ = os.ReadFile(r.path(f))
+	}
+	// The fullchain's directory becomes a file: the fullchain cannot be
+	// read, so the files are repaired, and it cannot be written either.
+	if err := os.RemoveAll(r.path("sub")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(r.path("sub"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.clk.Advance(time.Minute)
+	if res := r.pass(0); res.Err == nil || r.ks.count("sign web") != 2 {
+		t.Fatalf("repair with an unwritable fullchain: %+v, %d signs", res, r.ks.count("sign web"))
+	}
+	for f, data := range before {
+		if got, _ := os.ReadFile(r.path(f)); !bytes.Equal(got, data) {
+			t.Errorf("%s changed although the set could not be written", f)
+		}
+	}
+	entries, _ := os.ReadDir(r.dir)
+	for _, e := range entries {
+		if strings.Contains(e.Name(), ".tmp") {
+			t.Errorf("staged file %s left behind", e.Name())
+		}
+	}
+}
+
+// The files' mode and owner are checked with their content. Another mode
+// or owner is put right by writing the files again; a key that others
+// could read is replaced with a new key and certificate.
+func TestX509FileModeAndOwner(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		mode    string // the key's, in the config
+		change  func(r *rig) error
+		newCert bool
+		root    bool
+	}{
+		{"certificate 0600", "", func(r *rig) error { return os.Chmod(r.path("web.crt"), 0o600) }, false, false},
+		{"ca 0666", "", func(r *rig) error { return os.Chmod(r.path("ca.crt"), 0o666) }, false, false},
+		{"key narrower than configured", "0640", func(r *rig) error { return os.Chmod(r.path("web.key"), 0o600) }, false, false},
+		{"key readable by all", "", func(r *rig) error { return os.Chmod(r.path("web.key"), 0o644) }, true, false},
+		{"key readable by the group", "", func(r *rig) error { return os.Chmod(r.path("web.key"), 0o640) }, true, false},
+		{"key of another user", "", func(r *rig) error { return os.Chown(r.path("web.key"), 65534, -1) }, true, true},
+		{"key of another group, group-readable", "0640", func(r *rig) error { return os.Chown(r.path("web.key"), -1, 65533) }, true, true},
+		{"key of another group, not group-readable", "", func(r *rig) error { return os.Chown(r.path("web.key"), -1, 65533) }, false, true},
+		{"certificate of another user", "", func(r *rig) error { return os.Chown(r.path("web.crt"), 65534, 65533) }, false, true},
+		{"key replaced by a link", "", func(r *rig) error {
+			if err := os.Rename(r.path("web.key"), r.path("elsewhere.key")); err != nil {
+				return err
+			}
+			return os.Symlink(r.path("elsewhere.key"), r.path("web.key"))
+		}, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.root && os.Geteuid() != 0 {
+				t.Skip("chown needs root")
+			}
+			it := webItem()
+			it.Mode = tc.mode
+			r := newRig(t, []Item{it}, false)
+			r.ks.addGrant("web")
+			if res := r.pass(0); res.Err != nil {
+				t.Fatal(res.Err)
+			}
+			log := r.logTo()
+			first := readCertFile(t, r.path("web.crt"))
+			r.clk.Advance(time.Minute)
+			if res := r.pass(0); res.Action != ActionNone {
+				t.Fatalf("good files: %+v", res)
+			}
+			if err := tc.change(r); err != nil {
+				t.Fatal(err)
+			}
+			if lines, _, _ := Inspect(r.cfg, r.clk.Now()); lines[1].State != StateInvalid {
+				t.Errorf("status shows %s (%s), want invalid", lines[1].State, lines[1].LastError)
+			}
+			r.clk.Advance(time.Minute)
+			res := r.pass(0)
+			if res.Err != nil || res.Action != ActionRecreated {
+				t.Fatalf("after the change: %+v, want recreated", res)
+			}
+			again := readCertFile(t, r.path("web.crt"))
+			if renewed := !again.Equal(first); renewed != tc.newCert || (r.ks.count("sign web") == 2) != tc.newCert {
+				t.Errorf("new certificate: %v, %d signs; want a new one: %v", renewed, r.ks.count("sign web"), tc.newCert)
+			}
+			if tc.newCert && !strings.Contains(log.String(), "level=WARN") || !strings.Contains(log.String(), "compromised") == tc.newCert {
+				t.Errorf("log:\n%s", log)
+			}
+			if a := checkAttrs(r.c.items[0].spec); len(a.wrong) > 0 {
+				t.Errorf("files still differ from the config: %s", a)
+			}
+			if _, err := readX509Files(r.c.items[0].spec); err != nil {
+				t.Errorf("files do not check out: %v", err)
+			}
+			if lines, _, _ := Inspect(r.cfg, r.clk.Now()); lines[1].State != StateOK {
+				t.Errorf("status shows %s (%s), want ok", lines[1].State, lines[1].LastError)
+			}
+		})
+	}
+}
+
+// A node whose clock is behind the keyserver's by more than the
+// backdating takes a certificate that is not yet valid by its own clock.
+func TestX509ClockBehindTheKeyserver(t *testing.T) {
+	r := newRig(t, []Item{webItem()}, false)
+	r.ks.auth = r.ks.auth.WithClock(func() time.Time { return r.clk.Now().Add(time.Hour) })
+	r.ks.addGrant("web")
+	res := r.pass(0)
+	if res.Err != nil || res.Action != ActionIssued {
+		t.Fatalf("pass with the clock an hour behind: %+v", res)
+	}
+	if leaf := readCertFile(t, r.path("web.crt")); !leaf.NotBefore.After(r.clk.Now()) {
+		t.Fatal("the certificate is valid by the node's clock: the test shows nothing")
+	}
+	// Still refused: a root the grant does not name, an expired certificate.
+	g := r.ks.addGrant("web")
+	key, _ := authority.GenerateKey(authority.ECDSAP256)
+	csr, _ := csrPEM(key, nil)
+	resp, err := r.ks.sign(context.Background(), "web", csr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g2 := *g
+	g2.RootPin = pin
+	if _, _, _, err := checkIssued(resp, key, "web", &g2, r.clk.Now()); err == nil {
+		t.Error("a certificate under another root accepted")
+	}
+	if _, _, _, err := checkIssued(resp, key, "web", g, r.clk.Now().Add(31*24*time.Hour)); err == nil {
+		t.Error("an expired certificate accepted")
+	}
+}
+
+// A grant found changed is asked for once: the answer that showed the
+// change is the one the new certificate is checked against.
+func TestX509UpdateAsksForTheGrantOnce(t *testing.T) {
+	r := newRig(t, []Item{webItem()}, false)
+	r.ks.addGrant("web")
+	if res := r.pass(0); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	if n := r.ks.count("grant web"); n != 1 {
+		t.Fatalf("%d grant calls for the first issue, want 1", n)
+	}
+	r.ks.addGrant("web", func(g *api.GrantInfo) { g.DNSNames = append(g.DNSNames, "www.example.org") })
+	r.clk.Set(r.c.items[0].nextRefresh)
+	if res := r.pass(0); res.Action != ActionUpdated {
+		t.Fatalf("after the grant changed: %+v", res)
+	}
+	if n := r.ks.count("grant web"); n != 2 {
+		t.Errorf("%d grant calls after the update, want 2 (one at issue, one at the refresh)", n)
+	}
+}
+
+// A certificate due as soon as it is issued (here: a lifetime so short
+// that two thirds of it lie before the backdated start) is not renewed
+// at once, again and again: the next renewal waits MinBackoff, doubling.
+func TestX509DueAtOnceDoesNotSpin(t *testing.T) {
+	r := newRig(t, []Item{webItem()}, false)
+	r.ks.addGrant("web")
+	r.ks.lifetime = 10 * time.Second
+	log := r.logTo()
+	res := r.pass(0)
+	if res.Action != ActionIssued {
+		t.Fatalf("first pass: %+v", res)
+	}
+	it := r.c.items[0]
+	minB := r.c.opts.MinBackoff
+	if d := it.renewAt.Sub(r.clk.Now()); d != minB {
+		t.Fatalf("renewal in %v, want MinBackoff %v", d, minB)
+	}
+	if !strings.Contains(log.String(), "due for renewal already") {
+		t.Errorf("no warning logged:\n%s", log)
+	}
+	if res := r.pass(0); res.Action != ActionNone || r.ks.count("sign web") != 1 {
+		t.Fatalf("a second pass at once: %+v, %d signs", res, r.ks.count("sign web"))
+	}
+	if wake := it.nextWake(); wake.Before(r.clk.Now().Add(minB)) {
+		t.Errorf("item wakes at %v, before MinBackoff", wake)
+	}
+	r.clk.Advance(minB)
+	if res := r.pass(0); res.Action != ActionRenewed {
+		t.Fatalf("after MinBackoff: %+v", res)
+	}
+	if d := it.renewAt.Sub(r.clk.Now()); d != 2*minB {
+		t.Errorf("second renewal in %v, want %v", d, 2*minB)
+	}
+	// A normal certificate again: normal renewal time.
+	r.ks.lifetime = 30 * 24 * time.Hour
+	r.clk.Advance(2 * minB)
+	if res := r.pass(0); res.Action != ActionRenewed || it.dueEarly != 0 || it.renewAt.Before(r.clk.Now().Add(24*time.Hour)) {
+		t.Fatalf("with a normal lifetime: %+v, due early %d", res, it.dueEarly)
+	}
+}
+
+// Two x509 items may share a grant, with their own files (one key type
+// each, say): each has its own id in the status file and its own reload,
+// which can tell them apart by KEYCLIENT_CERT.
+func TestTwoItemsForOneGrant(t *testing.T) {
+	log := filepath.Join(t.TempDir(), "reloads")
+	reload := `echo "$KEYCLIENT_ITEM $KEYCLIENT_CERT" >> ` + log
+	ec := Item{Type: TypeX509, Grant: "web", Key: "ec.key", Cert: "ec.crt", Reload: reload}
+	ed := Item{Type: TypeX509, Grant: "web", Key: "ed.key", Cert: "ed.crt", KeyType: "ed25519", Reload: reload}
+	r := newRig(t, []Item{ec, ed}, false)
+	r.ks.addGrant("web")
+	rep, err := r.c.Once(context.Background(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Items[0].Name != "web" || rep.Items[1].Name != "web#2" || rep.Items[0].Action != ActionIssued || rep.Items[1].Action != ActionIssued {
+		t.Fatalf("results: %+v", rep.Items)
+	}
+	if authority.KeyTypeOf(readCertFile(t, r.path("ed.crt")).PublicKey) != "ed25519" || authority.KeyTypeOf(readCertFile(t, r.path("ec.crt")).PublicKey) != "ecdsa-p256" {
+		t.Error("the items' certificates are not of their key types")
+	}
+	data, _ := os.ReadFile(log)
+	if got := strings.TrimSpace(string(data)); got != "web "+r.path("ec.crt")+"\nweb "+r.path("ed.crt") {
+		t.Errorf("reloads:\n%s", got)
+	}
+	st, err := ReadStatus(r.state)
+	if err != nil || len(st.Items) != 2 || st.Items[0].Name != "web" || st.Items[1].Name != "web#2" || st.Items[0].Serial == st.Items[1].Serial {
+		t.Fatalf("status file: %+v, %v", st, err)
+	}
+	lines, _, err := Inspect(r.cfg, r.clk.Now())
+	if err != nil || !slices.Equal(states(lines), []string{"web1=ok", "web=ok", "web#2=ok"}) {
+		t.Fatalf("status: %v, %v", states(lines), err)
+	}
+	// A restart finds each item's record by its id.
+	r.c = r.newClient()
+	if a, b := r.c.items[0], r.c.items[1]; a.serial != st.Items[0].Serial || b.serial != st.Items[1].Serial {
+		t.Errorf("restored serials %s, %s; want %s, %s", a.serial, b.serial, st.Items[0].Serial, st.Items[1].Serial)
+	}
+	r.clk.Advance(time.Minute)
+	if rep, err := r.c.Once(context.Background(), false); err != nil || rep.Items[0].Action != ActionNone || rep.Items[1].Action != ActionNone {
+		t.Fatalf("after a restart: %v, %+v", err, rep.Items)
 	}
 }

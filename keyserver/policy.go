@@ -1,9 +1,7 @@
 package keyserver
 
 import (
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"fmt"
 	"net/http"
 	"path/filepath"
@@ -227,8 +225,7 @@ func staticContent(g *policy.Grant, roots map[string]*x509.Certificate) staticFi
 			data = append(data, authority.EncodePEM(r)...)
 		}
 	}
-	sum := sha256.Sum256(data)
-	return staticFile{data: data, digest: "sha256:" + hex.EncodeToString(sum[:])}
+	return staticFile{data: data, digest: api.Digest(data)}
 }
 
 // onlyGrant limits an explanation to one grant; "" keeps them all.

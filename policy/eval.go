@@ -156,6 +156,21 @@ type Cert struct {
 	maxNames    int
 }
 
+// ExtKeyUsage is what a certificate for usage u carries as its extended
+// key usage; nil for a usage that is not one of the three (a policy never
+// holds one; a client reading a grant off the wire may).
+func (u Usage) ExtKeyUsage() []x509.ExtKeyUsage {
+	switch u {
+	case UsageServer:
+		return []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	case UsageClient:
+		return []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	case UsageBoth:
+		return []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	}
+	return nil
+}
+
 // facts as templates see them.
 type templateData struct {
 	Node   string
@@ -247,14 +262,7 @@ func (p *Policy) render(g *Grant, f Facts, group string) (*Cert, error) {
 	// KeyTypes and Allow are copies: a caller may change its Cert, never
 	// the policy other requests are answered with.
 	c := &Cert{Grant: g.Name, Authority: g.Authority, Usage: g.Usage, Lifetime: g.Lifetime, KeyTypes: slices.Clone(g.KeyTypes), Allow: g.allow.clone(), maxNames: p.maxNames}
-	switch g.Usage {
-	case UsageServer:
-		c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-	case UsageClient:
-		c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	default:
-		c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
-	}
+	c.ExtKeyUsage = g.Usage.ExtKeyUsage()
 	cn, err := run(g.subject.commonName)
 	if err != nil {
 		return nil, err

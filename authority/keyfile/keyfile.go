@@ -1,11 +1,18 @@
 // Package keyfile writes key and certificate files so that a reader never
 // sees a half-written file and a crash never leaves one behind: the data goes
-// to a temporary file in the same directory, which is synced, given its mode
-// (and owner, when asked), and renamed over the target; the directory is then
-// synced so the rename itself survives a crash.
+// to a temporary file in the same directory, which is given its owner (when
+// asked) and then its mode, synced, and renamed over the target; the
+// directory is then synced so the rename itself survives a crash.
+//
+// The two halves are also offered apart, for a set of files that should
+// change together: Stage prepares a file under a temporary name without
+// touching the target, and Commit renames it into place. Stage every file
+// of the set first, and only when all are staged commit them; a failure
+// before then changes nothing a reader sees.
 package keyfile
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -27,14 +34,40 @@ func Write(path string, data []byte, perm os.FileMode) error {
 
 // WriteOwned is Write that also sets the file's owner and group before the
 // file becomes visible under its name.
-func WriteOwned(path string, data []byte, perm os.FileMode, owner Owner) (err error) {
+func WriteOwned(path string, data []byte, perm os.FileMode, owner Owner) error {
+	s, err := Stage(path, data, perm, owner)
+	if err != nil {
+		return err
+	}
+	return s.Commit()
+}
+
+// Staged is a file written under a temporary name beside its target,
+// complete (synced, with its owner and mode), waiting to be renamed over
+// the target by Commit, or removed by Abort.
+type Staged struct {
+	path, tmp string
+	done      bool // committed or aborted
+}
+
+// ErrDone is returned by Commit on a Staged already committed or aborted.
+var ErrDone = errors.New("keyfile: already committed or aborted")
+
+// Stage writes data to a new temporary file in path's directory, sets its
+// owner (unless NoOwner) and then its mode, and syncs it; the target is
+// not touched. The temporary file is created 0600 and the owner is set
+// before the mode, so that the data is never readable by anyone but the
+// writing process and, after the change of owner, the new owner (a mode
+// such as 0640 never applies under the writer's own group). On error
+// nothing is left behind.
+func Stage(path string, data []byte, perm os.FileMode, owner Owner) (_ *Staged, err error) {
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
 	}
 	f, err := os.CreateTemp(dir, "."+base+".tmp*")
 	if err != nil {
-		return fmt.Errorf("keyfile: %w", err)
+		return nil, fmt.Errorf("keyfile: %w", err)
 	}
 	tmp := f.Name()
 	defer func() {
@@ -43,29 +76,53 @@ func WriteOwned(path string, data []byte, perm os.FileMode, owner Owner) (err er
 			os.Remove(tmp)
 		}
 	}()
-	// The temporary file is created 0600, so a key is never readable by
-	// others, not even for a moment; the final mode is set before rename.
-	if err = f.Chmod(perm); err != nil {
-		return fmt.Errorf("keyfile: %w", err)
+	if _, err = f.Write(data); err != nil {
+		return nil, fmt.Errorf("keyfile: write %s: %w", path, err)
 	}
 	if owner != NoOwner {
 		if err = f.Chown(owner.UID, owner.GID); err != nil {
-			return fmt.Errorf("keyfile: set owner of %s: %w", path, err)
+			return nil, fmt.Errorf("keyfile: set owner of %s: %w", path, err)
 		}
 	}
-	if _, err = f.Write(data); err != nil {
-		return fmt.Errorf("keyfile: write %s: %w", path, err)
+	if err = f.Chmod(perm); err != nil {
+		return nil, fmt.Errorf("keyfile: %w", err)
 	}
 	if err = f.Sync(); err != nil {
-		return fmt.Errorf("keyfile: sync %s: %w", path, err)
+		return nil, fmt.Errorf("keyfile: sync %s: %w", path, err)
 	}
 	if err = f.Close(); err != nil {
-		return fmt.Errorf("keyfile: close %s: %w", path, err)
+		return nil, fmt.Errorf("keyfile: close %s: %w", path, err)
 	}
-	if err = os.Rename(tmp, path); err != nil {
+	return &Staged{path: path, tmp: tmp}, nil
+}
+
+// Path is the target the staged file replaces.
+func (s *Staged) Path() string { return s.path }
+
+// Commit renames the staged file over its target and syncs the directory.
+// Should the rename fail, the temporary file is removed and the target
+// left as it was.
+func (s *Staged) Commit() error {
+	if s.done {
+		return ErrDone
+	}
+	s.done = true
+	if err := os.Rename(s.tmp, s.path); err != nil {
+		os.Remove(s.tmp)
 		return fmt.Errorf("keyfile: %w", err)
 	}
+	dir := filepath.Dir(s.path)
 	return syncDir(dir)
+}
+
+// Abort removes the staged file; the target is not touched. Aborting a
+// committed or aborted file does nothing.
+func (s *Staged) Abort() {
+	if s.done {
+		return
+	}
+	s.done = true
+	os.Remove(s.tmp)
 }
 
 func syncDir(dir string) error {

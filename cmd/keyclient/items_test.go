@@ -30,7 +30,8 @@ import (
 )
 
 // nodeFiles writes a node's CGC, one x509 item's key and certificate and
-// one static file, as a keyclient would have, and its config.
+// one static file, as a keyclient would have (with the modes it gives
+// them), and its config.
 func nodeFiles(t *testing.T) (dir, config string) {
 	t.Helper()
 	dir = t.TempDir()
@@ -38,9 +39,13 @@ func nodeFiles(t *testing.T) (dir, config string) {
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	write := func(path string, data []byte) {
+	write := func(path string, data []byte, mode ...os.FileMode) {
 		t.Helper()
-		if err := os.WriteFile(path, data, 0o600); err != nil {
+		m := os.FileMode(0o600)
+		if len(mode) > 0 {
+			m = mode[0]
+		}
+		if err := os.WriteFile(path, data, m); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -62,8 +67,8 @@ func nodeFiles(t *testing.T) (dir, config string) {
 	write(filepath.Join(state, keyclient.CGCFile), append(k, c...))
 	k, c = sign("web", "web1", 7*24*time.Hour, x509.ExtKeyUsageServerAuth)
 	write(filepath.Join(dir, "web.key"), k)
-	write(filepath.Join(dir, "web.crt"), c)
-	write(filepath.Join(dir, "bundle.pem"), []byte("roots\n"))
+	write(filepath.Join(dir, "web.crt"), c, 0o644)
+	write(filepath.Join(dir, "bundle.pem"), []byte("roots\n"), 0o644)
 	config = filepath.Join(dir, "node.yaml")
 	write(config, []byte(`node: web1
 servers: [https://127.0.0.1:8443]
@@ -157,7 +162,7 @@ func TestOnceItemLines(t *testing.T) {
 		{keyclient.ItemResult{Name: "db", Type: "x509", Action: keyclient.ActionFailed, Err: errors.New("keyserver: no\nreally")},
 			"x509 db: FAILED: keyserver: no really"},
 		{keyclient.ItemResult{Name: "web", Type: "x509", Action: keyclient.ActionRenewed, ReloadErr: errors.New("exit status 1")},
-			"x509 web: renewed; RELOAD FAILED (the daemon retries it): exit status 1"},
+			"x509 web: renewed; RELOAD FAILED (owed to the next run or once): exit status 1"},
 	} {
 		if got := itemLine(tc.r); got != tc.want {
 			t.Errorf("got  %q\nwant %q", got, tc.want)
@@ -481,7 +486,7 @@ func TestRunIssuesItemsOnceAdmitted(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	lines, err := keyclient.Inspect(cfg, clk.Now())
+	lines, _, err := keyclient.Inspect(cfg, clk.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -540,5 +545,71 @@ func TestOnceAndStatusCommands(t *testing.T) {
 	out.Reset()
 	if code := run(context.Background(), []string{"status", "--config", config}, &out, &errb); code != 1 || !strings.Contains(out.String(), "grant_denied") {
 		t.Fatalf("status with a refused item: exit %d\n%s", code, out.String())
+	}
+}
+
+// Only one keyclient uses a state directory at a time: once (or run)
+// while another holds it fails with exit 1, saying so; status reads on.
+func TestStateDirInUse(t *testing.T) {
+	_, config := nodeFiles(t)
+	cfg, err := keyclient.LoadConfig(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := keyclient.New(cfg, keyclient.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, cmd := range []string{"once", "run"} {
+		var out, errb bytes.Buffer
+		code := run(context.Background(), []string{cmd, "--config", config}, &out, &errb)
+		if code != 1 || !strings.Contains(errb.String(), "another keyclient (run or once) is using state_dir "+cfg.StateDir) {
+			t.Errorf("%s while the state directory is in use: exit %d, stderr %q", cmd, code, errb.String())
+		}
+	}
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"status", "--config", config}, &out, &errb); code != 0 {
+		t.Errorf("status while the state directory is in use: exit %d\n%s%s", code, out.String(), errb.String())
+	}
+}
+
+// status: items the daemon has not checked for a while are stale (exit
+// 1); a status file that does not parse is a warning, not a failure.
+func TestStatusStaleAndCorrupt(t *testing.T) {
+	dir, config := nodeFiles(t)
+	statusFile := filepath.Join(dir, "state", keyclient.StatusFile)
+	long := time.Now().Add(-time.Hour)
+	st := keyclient.Status{Node: "web1", Items: []keyclient.ItemStatus{
+		{Name: "web", Type: "x509", State: keyclient.StateOK, CheckedAt: long},
+		{Name: "bundle", Type: "static", State: keyclient.StateOK, CheckedAt: time.Now()},
+	}}
+	data, _ := json.Marshal(st)
+	if err := os.WriteFile(statusFile, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"status", "--config", config}, &out, &errb); code != 1 ||
+		!strings.Contains(out.String(), "stale") || !strings.Contains(out.String(), "is the keyclient daemon running?") || !strings.Contains(errb.String(), "web") {
+		t.Fatalf("stale item: exit %d\n%s%s", code, out.String(), errb.String())
+	}
+
+	if err := os.WriteFile(statusFile, []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	errb.Reset()
+	if code := run(context.Background(), []string{"status", "--config", config}, &out, &errb); code != 0 ||
+		!strings.Contains(out.String(), "warning: "+statusFile+" is unreadable") || strings.Count(out.String(), " ok ") != 3 {
+		t.Fatalf("corrupt status file: exit %d\n%s%s", code, out.String(), errb.String())
+	}
+	out.Reset()
+	errb.Reset()
+	if code := run(context.Background(), []string{"status", "--config", config, "--json"}, &out, &errb); code != 0 || !strings.Contains(errb.String(), "warning:") {
+		t.Fatalf("corrupt status file, --json: exit %d\n%s%s", code, out.String(), errb.String())
+	}
+	var lines []keyclient.StatusLine
+	if err := json.Unmarshal(out.Bytes(), &lines); err != nil || len(lines) != 3 {
+		t.Fatalf("--json output %s: %v", out.String(), err)
 	}
 }

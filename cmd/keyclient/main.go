@@ -8,9 +8,10 @@
 //	keyclient run    --config FILE            keep everything fresh until SIGTERM
 //	keyclient status --config FILE [--json]   what is on disk and how the last attempts went; calls no keyserver
 //
-// Exit codes: 0 success (for once: the CGC and every item are valid; for
-// status: nothing expired, missing, invalid or failing), 1 refused, failed
-// or unhealthy, 2 bad usage or configuration.
+// Exit codes: 0 success (for once: the CGC and every item are valid, and
+// every reload command ran; for status: nothing expired, missing, invalid,
+// failing or stale), 1 refused, failed or unhealthy (also: another
+// keyclient uses the state directory), 2 bad usage or configuration.
 package main
 
 import (
@@ -44,8 +45,15 @@ const usageText = `Usage:
   keyclient status --config FILE [--json]   the CGC and every item as found on disk, with the last errors
 
 once --renew renews the CGC and every certificate and fetches every static file now.
-Exit codes: 0 success (once: the CGC and every item are valid; status: all healthy),
-1 refused, failed or unhealthy, 2 bad usage or configuration.
+A failed reload command makes once fail; the reload stays owed to the next run or once.
+Only one keyclient (run or once) may use a state_dir at a time; status reads it alongside.
+
+status expects a running daemon (keyclient run): an item it has not checked for three
+check intervals is shown as stale, and is unhealthy. once records its checks too, so
+status after once alone is fresh only until then.
+
+Exit codes: 0 success (once: the CGC and every item are valid and reloaded; status: all
+healthy), 1 refused, failed or unhealthy, 2 bad usage or configuration.
 `
 
 type usageError struct{ error }
@@ -105,7 +113,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if cmd == "status" {
-		return status(stdout, cfg, *asJSON, time.Now())
+		return status(stdout, stderr, cfg, *asJSON, time.Now())
 	}
 	level := slog.LevelInfo
 	if *verbose {
@@ -116,6 +124,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	defer c.Close()
 	if cmd == "run" {
 		logger.Info("keyclient running", "node", cfg.Node, "servers", cfg.Servers, "items", len(cfg.Items))
 		return c.Run(ctx)
@@ -176,7 +185,7 @@ func itemLine(r keyclient.ItemResult) string {
 		fmt.Fprintf(&b, "; %s %s", what, ts(r.RenewAt))
 	}
 	if r.ReloadErr != nil {
-		fmt.Fprintf(&b, "; RELOAD FAILED (the daemon retries it): %s", oneLine(r.ReloadErr.Error()))
+		fmt.Fprintf(&b, "; RELOAD FAILED (owed to the next run or once): %s", oneLine(r.ReloadErr.Error()))
 	}
 	return b.String()
 }
@@ -184,9 +193,11 @@ func itemLine(r keyclient.ItemResult) string {
 // errUnhealthy is status's exit 1.
 var errUnhealthy = errors.New("something needs attention")
 
-// status prints the CGC and every item, as found on disk.
-func status(w io.Writer, cfg *keyclient.Config, asJSON bool, now time.Time) error {
-	lines, err := keyclient.Inspect(cfg, now)
+// status prints the CGC and every item, as found on disk. Warnings (an
+// unreadable status file) follow the table, or go to stderr with --json;
+// they do not change the exit code.
+func status(w, stderr io.Writer, cfg *keyclient.Config, asJSON bool, now time.Time) error {
+	lines, warnings, err := keyclient.Inspect(cfg, now)
 	if err != nil {
 		return err
 	}
@@ -195,6 +206,9 @@ func status(w io.Writer, cfg *keyclient.Config, asJSON bool, now time.Time) erro
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(lines); err != nil {
 			return err
+		}
+		for _, m := range warnings {
+			fmt.Fprintln(stderr, "keyclient: warning:", oneLine(m))
 		}
 	} else {
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -208,6 +222,9 @@ func status(w io.Writer, cfg *keyclient.Config, asJSON bool, now time.Time) erro
 		}
 		if err := tw.Flush(); err != nil {
 			return err
+		}
+		for _, m := range warnings {
+			fmt.Fprintln(w, "warning:", oneLine(m))
 		}
 	}
 	var bad []string

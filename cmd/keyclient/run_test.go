@@ -40,8 +40,11 @@ type pendingTimer struct {
 	ch chan time.Time
 }
 
+// newFakeClock starts at the real time: the keyserver's own authorities
+// (GenerateAuthorities) are made with the real clock, so a fixed start
+// would fall before their validity once the real date passes it.
 func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC), waits: make(chan time.Duration, 16)}
+	return &fakeClock{now: time.Now().UTC().Truncate(time.Second), waits: make(chan time.Duration, 16)}
 }
 
 func (c *fakeClock) Now() time.Time {

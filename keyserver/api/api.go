@@ -5,6 +5,8 @@
 package api
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -37,6 +39,13 @@ const (
 
 // MaxStaticBytes is the largest static file a grant may serve.
 const MaxStaticBytes = 1 << 20
+
+// Digest is the digest HeaderDigest carries for a static file's content:
+// "sha256:<hex>".
+func Digest(data []byte) string {
+	sum := sha256.Sum256(data)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
 
 // MaxBodyBytes is the largest request body the keyserver reads.
 const MaxBodyBytes = 64 << 10
