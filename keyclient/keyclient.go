@@ -276,7 +276,11 @@ func (c *Client) cgcPass(ctx context.Context, force bool) (*Report, error) {
 	defer c.mu.Unlock()
 	now := c.opts.Clock.Now()
 	if c.certs == nil || !now.Before(c.certs[0].NotAfter) {
-		return c.admit(ctx)
+		rep, err := c.admit(ctx)
+		if errors.Is(err, ErrNoToken) && c.certs != nil {
+			return c.renewExpired(ctx)
+		}
+		return rep, err
 	}
 	if !force && now.Before(c.renewAt) {
 		return c.report(ActionNone, nil), nil
@@ -379,6 +383,18 @@ func (c *Client) heldReport(a Action) *Report {
 		return &Report{Action: a}
 	}
 	return &Report{Action: a, Cert: c.certs[0], Chain: c.certs[1:], RenewAt: c.renewAt}
+}
+
+// renewExpired tries to renew an expired CGC, which the keyserver allows
+// for as long after expiry as its policy's cgc.renew_after_expiry says
+// (by default not at all). Refused, the node needs a token.
+func (c *Client) renewExpired(ctx context.Context) (*Report, error) {
+	rep, err := c.renew(ctx)
+	var ae *api.Error
+	if errors.As(err, &ae) && ae.Code == api.CodeCertExpired {
+		return nil, fmt.Errorf("%w (the keyserver would not renew the expired CGC: %v)", ErrNoToken, err)
+	}
+	return rep, err
 }
 
 func (c *Client) admit(ctx context.Context) (*Report, error) {

@@ -276,6 +276,31 @@ func TestOnceReadmitsAfterExpiryOnlyWithAToken(t *testing.T) {
 	}
 }
 
+// TestOnceRenewsAnExpiredCGCWithinTheWindow: a node switched off past its
+// CGC's expiry comes back without a token while the keyserver's
+// renew_after_expiry allows it, and needs one after.
+func TestOnceRenewsAnExpiredCGCWithinTheWindow(t *testing.T) {
+	r := setup(t)
+	if err := r.srv.Admission().SetCGCLimits(admission.CGCLimits{Lifetime: 30 * 24 * time.Hour, RenewAfterExpiry: 48 * time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	c := newClient(t, r, "web1", issue(t, r, "web1"), keyclient.Options{})
+	if _, err := c.Once(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	old, _ := c.State()
+	r.clk.Advance(old.NotAfter.Sub(r.clk.Now()) + 24*time.Hour) // expired a day ago
+	rep, err := c.Once(context.Background(), false)
+	if err != nil || rep.Action != keyclient.ActionRenewed || !rep.Cert.NotAfter.After(r.clk.Now()) {
+		t.Fatalf("expired a day ago, window two days: %+v, %v; want a renewal", rep, err)
+	}
+	cur, _ := c.State()
+	r.clk.Advance(cur.NotAfter.Sub(r.clk.Now()) + 49*time.Hour) // past the window
+	if _, err := c.Once(context.Background(), false); !errors.Is(err, keyclient.ErrNoToken) {
+		t.Fatalf("expired past the window: %v, want ErrNoToken", err)
+	}
+}
+
 func TestRenewalWithSupersededCGCIsRefused(t *testing.T) {
 	r := setup(t)
 	tok := issue(t, r, "web1")
