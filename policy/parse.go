@@ -611,7 +611,7 @@ func checkNamePattern(pat string) error {
 		return errors.New("empty")
 	}
 	if pat != strings.ToLower(pat) {
-		return errors.New("node names are lower case, so this pattern would never match; write it in lower case")
+		return errors.New("names are matched in lower case, so this pattern would never match; write it in lower case")
 	}
 	for _, label := range strings.Split(pat, ".") {
 		if label == "" {
