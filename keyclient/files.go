@@ -266,11 +266,15 @@ func writeX509Files(s *itemSpec, key crypto.Signer, leaf *x509.Certificate, chai
 		mode os.FileMode
 	}
 	files := []file{
-		{s.ca, authority.EncodePEM(root), certMode},
 		{s.key, keyPEM, s.mode},
 		{s.cert, authority.EncodePEM(leaf), certMode},
 		{s.chain, authority.EncodePEM(chain...), certMode},
 		{s.fullchain, authority.EncodePEM(append([]*x509.Certificate{leaf}, chain...)...), certMode},
+	}
+	// The root goes first, so peers' trust is in place before a new
+	// certificate is; a repair that did not read the root leaves it alone.
+	if s.ca != "" && root != nil {
+		files = append([]file{{s.ca, authority.EncodePEM(root), certMode}}, files...)
 	}
 	var staged []*keyfile.Staged
 	defer func() {

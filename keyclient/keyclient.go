@@ -275,12 +275,20 @@ func (c *Client) cgcPass(ctx context.Context, force bool) (*Report, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.opts.Clock.Now()
-	if c.certs == nil || !now.Before(c.certs[0].NotAfter) {
+	switch {
+	case c.certs == nil:
+		return c.admit(ctx)
+	case !now.Before(c.certs[0].NotAfter):
+		return c.renewExpired(ctx)
+	case c.freshTokenFile():
+		// An operator who writes a new token file while the node holds a
+		// valid CGC means it (a revoked node coming back, a new identity):
+		// a spent one is removed, so one that exists is new.
 		rep, err := c.admit(ctx)
-		if errors.Is(err, ErrNoToken) && c.certs != nil {
-			return c.renewExpired(ctx)
+		if err == nil {
+			return rep, nil
 		}
-		return rep, err
+		c.log.Warn("admission with the new token file failed; keeping the CGC held", "err", err)
 	}
 	if !force && now.Before(c.renewAt) {
 		return c.report(ActionNone, nil), nil
@@ -385,16 +393,32 @@ func (c *Client) heldReport(a Action) *Report {
 	return &Report{Action: a, Cert: c.certs[0], Chain: c.certs[1:], RenewAt: c.renewAt}
 }
 
-// renewExpired tries to renew an expired CGC, which the keyserver allows
-// for as long after expiry as its policy's cgc.renew_after_expiry says
-// (by default not at all). Refused, the node needs a token.
+// renewExpired deals with a CGC that has expired: it asks for a renewal
+// first, which the keyserver allows for as long after expiry as its
+// policy's cgc.renew_after_expiry says (by default not at all), and when
+// that is refused, admits the node with its token if it has one. The
+// renewal goes first because a token still in the config is most likely
+// the spent one from the installer.
 func (c *Client) renewExpired(ctx context.Context) (*Report, error) {
 	rep, err := c.renew(ctx)
 	var ae *api.Error
-	if errors.As(err, &ae) && ae.Code == api.CodeCertExpired {
-		return nil, fmt.Errorf("%w (the keyserver would not renew the expired CGC: %v)", ErrNoToken, err)
+	if err == nil || !errors.As(err, &ae) {
+		return rep, err // renewed, or the keyserver could not be asked
 	}
-	return rep, err
+	rep, aerr := c.admit(ctx)
+	if aerr != nil {
+		return nil, fmt.Errorf("%w (the keyserver would not renew the expired CGC either: %v)", aerr, err)
+	}
+	return rep, nil
+}
+
+// freshTokenFile reports whether a token file is waiting to be used.
+func (c *Client) freshTokenFile() bool {
+	if c.cfg.TokenFile == "" {
+		return false
+	}
+	tok, err := c.cfg.token()
+	return err == nil && tok != ""
 }
 
 func (c *Client) admit(ctx context.Context) (*Report, error) {

@@ -649,22 +649,24 @@ func TestX509FileModeAndOwner(t *testing.T) {
 		change  func(r *rig) error
 		newCert bool
 		root    bool
+		noCA    bool // the item keeps no ca file (a repair must not need the root)
 	}{
-		{"certificate 0600", "", func(r *rig) error { return os.Chmod(r.path("web.crt"), 0o600) }, false, false},
-		{"ca 0666", "", func(r *rig) error { return os.Chmod(r.path("ca.crt"), 0o666) }, false, false},
-		{"key narrower than configured", "0640", func(r *rig) error { return os.Chmod(r.path("web.key"), 0o600) }, false, false},
-		{"key readable by all", "", func(r *rig) error { return os.Chmod(r.path("web.key"), 0o644) }, true, false},
-		{"key readable by the group", "", func(r *rig) error { return os.Chmod(r.path("web.key"), 0o640) }, true, false},
-		{"key of another user", "", func(r *rig) error { return os.Chown(r.path("web.key"), 65534, -1) }, true, true},
-		{"key of another group, group-readable", "0640", func(r *rig) error { return os.Chown(r.path("web.key"), -1, 65533) }, true, true},
-		{"key of another group, not group-readable", "", func(r *rig) error { return os.Chown(r.path("web.key"), -1, 65533) }, false, true},
-		{"certificate of another user", "", func(r *rig) error { return os.Chown(r.path("web.crt"), 65534, 65533) }, false, true},
+		{"certificate 0600", "", func(r *rig) error { return os.Chmod(r.path("web.crt"), 0o600) }, false, false, false},
+		{"certificate 0600, no ca file", "", func(r *rig) error { return os.Chmod(r.path("web.crt"), 0o600) }, false, false, true},
+		{"ca 0666", "", func(r *rig) error { return os.Chmod(r.path("ca.crt"), 0o666) }, false, false, false},
+		{"key narrower than configured", "0640", func(r *rig) error { return os.Chmod(r.path("web.key"), 0o600) }, false, false, false},
+		{"key readable by all", "", func(r *rig) error { return os.Chmod(r.path("web.key"), 0o644) }, true, false, false},
+		{"key readable by the group", "", func(r *rig) error { return os.Chmod(r.path("web.key"), 0o640) }, true, false, false},
+		{"key of another user", "", func(r *rig) error { return os.Chown(r.path("web.key"), 65534, -1) }, true, true, false},
+		{"key of another group, group-readable", "0640", func(r *rig) error { return os.Chown(r.path("web.key"), -1, 65533) }, true, true, false},
+		{"key of another group, not group-readable", "", func(r *rig) error { return os.Chown(r.path("web.key"), -1, 65533) }, false, true, false},
+		{"certificate of another user", "", func(r *rig) error { return os.Chown(r.path("web.crt"), 65534, 65533) }, false, true, false},
 		{"key replaced by a link", "", func(r *rig) error {
 			if err := os.Rename(r.path("web.key"), r.path("elsewhere.key")); err != nil {
 				return err
 			}
 			return os.Symlink(r.path("elsewhere.key"), r.path("web.key"))
-		}, true, false},
+		}, true, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.root && os.Geteuid() != 0 {
@@ -672,6 +674,9 @@ func TestX509FileModeAndOwner(t *testing.T) {
 			}
 			it := webItem()
 			it.Mode = tc.mode
+			if tc.noCA {
+				it.CA = ""
+			}
 			r := newRig(t, []Item{it}, false)
 			r.ks.addGrant("web")
 			if res := r.pass(0); res.Err != nil {

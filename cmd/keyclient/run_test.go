@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -284,20 +285,63 @@ func TestOnceRenewsAnExpiredCGCWithinTheWindow(t *testing.T) {
 	if err := r.srv.Admission().SetCGCLimits(admission.CGCLimits{Lifetime: 30 * 24 * time.Hour, RenewAfterExpiry: 48 * time.Hour}); err != nil {
 		t.Fatal(err)
 	}
-	c := newClient(t, r, "web1", issue(t, r, "web1"), keyclient.Options{})
+	tok := issue(t, r, "web1")
+	stateDir := filepath.Join(t.TempDir(), "state")
+	inDir := func(cfg *keyclient.Config) { cfg.StateDir = stateDir }
+	c := newClient(t, r, "web1", tok, keyclient.Options{}, inDir)
 	if _, err := c.Once(context.Background(), false); err != nil {
 		t.Fatal(err)
 	}
 	old, _ := c.State()
 	r.clk.Advance(old.NotAfter.Sub(r.clk.Now()) + 24*time.Hour) // expired a day ago
+	// Restarted, with the spent token still in its config (as the
+	// installer wrote it): the renewal is tried, not the token.
+	c.Close()
+	c = newClient(t, r, "web1", tok, keyclient.Options{}, inDir)
+	t.Cleanup(func() { c.Close() })
 	rep, err := c.Once(context.Background(), false)
 	if err != nil || rep.Action != keyclient.ActionRenewed || !rep.Cert.NotAfter.After(r.clk.Now()) {
 		t.Fatalf("expired a day ago, window two days: %+v, %v; want a renewal", rep, err)
 	}
 	cur, _ := c.State()
 	r.clk.Advance(cur.NotAfter.Sub(r.clk.Now()) + 49*time.Hour) // past the window
-	if _, err := c.Once(context.Background(), false); !errors.Is(err, keyclient.ErrNoToken) {
-		t.Fatalf("expired past the window: %v, want ErrNoToken", err)
+	_, err = c.Once(context.Background(), false)
+	if err == nil || !strings.Contains(err.Error(), "token_invalid") || !strings.Contains(err.Error(), "would not renew") {
+		t.Fatalf("expired past the window, only the spent token: %v, want the token refused after the renewal", err)
+	}
+}
+
+// TestNewTokenFileReadmits: a revoked node still holds a CGC that looks
+// valid; a new token in its token file brings it back.
+func TestNewTokenFileReadmits(t *testing.T) {
+	r := setup(t)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(issue(t, r, "web1")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := newClient(t, r, "web1", "", keyclient.Options{}, func(cfg *keyclient.Config) { cfg.TokenFile = tokenFile })
+	t.Cleanup(func() { c.Close() })
+	if rep, err := c.Once(context.Background(), false); err != nil || rep.Action != keyclient.ActionAdmitted {
+		t.Fatalf("first pass: %+v, %v", rep, err)
+	}
+	if _, err := os.Stat(tokenFile); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the spent token file is still there: %v", err)
+	}
+	if rep, err := c.Once(context.Background(), false); err != nil || rep.Action != keyclient.ActionNone {
+		t.Fatalf("second pass: %+v, %v", rep, err)
+	}
+	if _, err := r.srv.Admission().RevokeNode(context.Background(), "web1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tokenFile, []byte(issue(t, r, "web1")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := c.Once(context.Background(), false)
+	if err != nil || rep.Action != keyclient.ActionAdmitted {
+		t.Fatalf("with a new token file: %+v, %v; want admitted again", rep, err)
+	}
+	if n, _ := r.srv.Admission().Node(context.Background(), "web1"); n.Revoked || n.Serial != admission.SerialHex(rep.Cert) {
+		t.Fatalf("keyserver's record after re-admission: %+v", n)
 	}
 }
 
