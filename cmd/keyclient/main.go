@@ -36,6 +36,16 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// A SIGHUP (a closed terminal, a habitual "reload") must not kill the
+	// daemon. Caught rather than ignored, so that reload commands do not
+	// inherit an ignored SIGHUP.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			fmt.Fprintln(os.Stderr, "keyclient: SIGHUP ignored: the configuration is read at start; restart to apply a change")
+		}
+	}()
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
