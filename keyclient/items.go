@@ -200,7 +200,7 @@ func (c *Client) settle(it *item, now time.Time, act Action, err error) {
 	case err != nil:
 		it.failures++
 		it.lastErr = err
-		wait := backoff(c.opts.MinBackoff, c.opts.MaxBackoff, it.failures, it.rnd)
+		wait := honourRetryAfter(err, backoff(c.opts.MinBackoff, c.opts.MaxBackoff, it.failures, it.rnd), it.rnd)
 		it.nextAttempt = now.Add(wait)
 		c.log.Error("keeping an item fresh failed", "item", it.spec.id, "type", it.spec.typ, "err", err,
 			"failures", it.failures, "retry_in", wait.Round(time.Second))

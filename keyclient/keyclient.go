@@ -321,7 +321,7 @@ func (c *Client) runCGC(ctx context.Context) {
 				return
 			}
 			c.failures++
-			wait = c.backoff(c.failures)
+			wait = honourRetryAfter(err, c.backoff(c.failures), c.rnd)
 			c.log.Error("keeping the CGC fresh failed", "err", err, "retry_in", wait.Round(time.Second))
 		} else {
 			c.failures = 0
@@ -358,6 +358,17 @@ func (c *Client) backoff(n int) time.Duration {
 func backoff(lo, hi time.Duration, n int, rnd *mrand.Rand) time.Duration {
 	d := doubled(lo, hi, n)
 	return d/2 + time.Duration(rnd.Int64N(int64(d/2)+1))
+}
+
+// honourRetryAfter makes a backoff no shorter than the Retry-After of a
+// keyserver that shed the request, spread over as long again at random,
+// so that a fleet it turned away does not come back all at once.
+func honourRetryAfter(err error, wait time.Duration, rnd *mrand.Rand) time.Duration {
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.RetryAfter <= 0 {
+		return wait
+	}
+	return max(wait, ae.RetryAfter+time.Duration(rnd.Int64N(int64(ae.RetryAfter)+1)))
 }
 
 // doubled is lo doubled n-1 times, at most hi.

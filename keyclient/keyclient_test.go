@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keysystem/keysystem/authority"
+	"github.com/keysystem/keysystem/keyserver/api"
 	"github.com/keysystem/keysystem/tokens"
 )
 
@@ -209,5 +211,21 @@ func TestFailedNewReleasesTheLock(t *testing.T) {
 	defer f.Close()
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		t.Fatalf("lock still held after a failed New: %v", err)
+	}
+}
+
+func TestHonourRetryAfter(t *testing.T) {
+	rnd := rand.New(rand.NewChaCha8([32]byte{1}))
+	shed := fmt.Errorf("keyclient: renewal: %w", &api.Error{Status: 503, Code: api.CodeUnavailable, RetryAfter: 10 * time.Second})
+	for range 100 {
+		if w := honourRetryAfter(shed, 5*time.Second, rnd); w < 10*time.Second || w > 20*time.Second {
+			t.Fatalf("wait %v after Retry-After 10s, want within [10s, 20s]", w)
+		}
+	}
+	if w := honourRetryAfter(shed, time.Minute, rnd); w != time.Minute {
+		t.Errorf("a longer backoff is kept: %v", w)
+	}
+	if w := honourRetryAfter(errors.New("connection refused"), 5*time.Second, rnd); w != 5*time.Second {
+		t.Errorf("no Retry-After: %v", w)
 	}
 }

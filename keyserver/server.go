@@ -50,7 +50,16 @@ type Config struct {
 	MaxTokenTTL time.Duration
 
 	ServerCertLifetime time.Duration // default 7 days; renewed at two thirds
-	PruneInterval      time.Duration // default 10 minutes
+
+	// Load shedding for the requests that sign (admit, renew, sign): at
+	// most MaxInFlight at once, MaxQueue more waiting up to QueueWait;
+	// the rest get 503 with Retry-After: RetryAfter. Defaults above.
+	MaxInFlight int
+	MaxQueue    int
+	QueueWait   time.Duration
+	RetryAfter  time.Duration
+
+	PruneInterval time.Duration // default 10 minutes
 
 	Audit  io.Writer    // audit log; default discards
 	Logger *slog.Logger // default slog.Default()
@@ -69,6 +78,7 @@ type Server struct {
 	certMu sync.Mutex
 	cert   *tls.Certificate
 
+	limiter  *limiter
 	policy   atomic.Pointer[policyState]
 	reloadMu sync.Mutex
 }
@@ -104,6 +114,18 @@ func New(cfg Config) (*Server, error) {
 	if cfg.PruneInterval == 0 {
 		cfg.PruneInterval = 10 * time.Minute
 	}
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
+	}
+	if cfg.MaxQueue == 0 {
+		cfg.MaxQueue = DefaultMaxQueue
+	}
+	if cfg.QueueWait == 0 {
+		cfg.QueueWait = DefaultQueueWait
+	}
+	if cfg.RetryAfter == 0 {
+		cfg.RetryAfter = DefaultRetryAfter
+	}
 	adm, err := admission.New(admission.Config{
 		Store:       cfg.Store,
 		KeyGranting: cfg.KeyGranting,
@@ -118,10 +140,11 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("keyserver: %w", err)
 	}
 	s := &Server{
-		cfg:   cfg,
-		adm:   adm,
-		audit: &auditLog{w: cfg.Audit, now: cfg.Now},
-		log:   cfg.Logger,
+		cfg:     cfg,
+		adm:     adm,
+		audit:   &auditLog{w: cfg.Audit, now: cfg.Now},
+		limiter: newLimiter(cfg.MaxInFlight, cfg.MaxQueue, cfg.QueueWait, cfg.RetryAfter),
+		log:     cfg.Logger,
 	}
 	if _, err := s.serverCertificate(); err != nil {
 		return nil, err

@@ -141,6 +141,8 @@ type options struct {
 	policy      string
 	files       map[string]string
 	authorities []string
+
+	maxInFlight, maxQueue int // load shedding; 0: the defaults
 }
 
 // harness is a keyserver serving HTTPS on loopback, in process.
@@ -213,6 +215,8 @@ func start(t *testing.T, opts options) *harness {
 		AuthorityDir:  filepath.Join(dir, "authorities"),
 		CGCLifetime:   cgcLifetime,
 		PruneInterval: time.Hour, // one round at start, then none while a test runs
+		MaxInFlight:   opts.maxInFlight,
+		MaxQueue:      opts.maxQueue,
 		Audit:         h.audit,
 		Logger:        slog.New(slog.DiscardHandler),
 		Now:           clock.Now,

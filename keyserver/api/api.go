@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"time"
 )
 
@@ -235,6 +236,10 @@ type Error struct {
 	Code    string   `json:"code"`
 	Message string   `json:"message"`
 	Details []string `json:"details,omitempty"` // for policy_invalid: every problem, as file:line: message
+
+	// RetryAfter is the server's Retry-After (503 unavailable): the least
+	// a client waits before it asks again.
+	RetryAfter time.Duration `json:"-"`
 }
 
 func (e *Error) Error() string {
@@ -274,6 +279,9 @@ func ReadResponse(resp *http.Response, limit int64, out any) error {
 			return &Error{Status: resp.StatusCode, Code: CodeInternal, Message: "unexpected answer " + resp.Status}
 		}
 		eb.Error.Status = resp.StatusCode
+		if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs > 0 {
+			eb.Error.RetryAfter = time.Duration(secs) * time.Second
+		}
 		return &eb.Error
 	}
 	if err := json.Unmarshal(data, out); err != nil {
