@@ -33,6 +33,10 @@ type FileConfig struct {
 
 	AdmissionGrace time.Duration `yaml:"admission_grace,omitempty"`
 	TokenTTL       time.Duration `yaml:"token_ttl,omitempty"`
+
+	// Load shedding of the requests that sign: see Config.MaxInFlight.
+	MaxInFlight int `yaml:"max_in_flight,omitempty"`
+	MaxQueue    int `yaml:"max_queue,omitempty"`
 	// OldCGCLifetime is the key earlier versions had here; it is refused
 	// with a pointer to where the setting went.
 	OldCGCLifetime time.Duration `yaml:"cgc_lifetime,omitempty"`
@@ -95,6 +99,9 @@ func LoadConfig(path string) (*FileConfig, error) {
 		}
 	default:
 		problems = append(problems, fmt.Errorf("store.type: unknown store %q (want bolt)", c.Store.Type))
+	}
+	if c.MaxInFlight < 0 || c.MaxQueue < 0 {
+		problems = append(problems, errors.New("max_in_flight, max_queue: must not be negative"))
 	}
 	if c.OldCGCLifetime != 0 {
 		problems = append(problems, errors.New("cgc_lifetime: moved into the policy file, as cgc: {lifetime: ...}; remove it here"))
@@ -159,6 +166,8 @@ func Open(c *FileConfig, logger *slog.Logger) (*Server, io.Closer, error) {
 		Admin:        auths[authority.Admin],
 		Store:        st,
 		PolicyFile:   c.Policy,
+		MaxInFlight:  c.MaxInFlight,
+		MaxQueue:     c.MaxQueue,
 		AuthorityDir: c.Authorities,
 		Grace:        c.AdmissionGrace,
 		TokenTTL:     c.TokenTTL,

@@ -173,6 +173,11 @@ log_level: info
 admission_grace: 10m    # a node whose answer was lost may retry its token with the same key
 token_ttl: 1h           # default lifetime of an admission token
 max_token_ttl: 168h     # longest lifetime keyctl token issue --ttl may ask for
+
+# Load shedding: requests that sign (admit, renew, sign) beyond these get
+# 503 with Retry-After instead of piling up.
+max_in_flight: 64       # at once
+max_queue: 1024         # waiting (up to 5s) for a turn
 `
 
 // examplePolicy is the policy Init writes: short, and valid as written.
