@@ -37,6 +37,8 @@ type FileConfig struct {
 	// Load shedding of the requests that sign: see Config.MaxInFlight.
 	MaxInFlight int `yaml:"max_in_flight,omitempty"`
 	MaxQueue    int `yaml:"max_queue,omitempty"`
+	// Profiling serves Go's profiles to administrators (PathProfile).
+	Profiling bool `yaml:"profiling,omitempty"`
 	// OldCGCLifetime is the key earlier versions had here; it is refused
 	// with a pointer to where the setting went.
 	OldCGCLifetime time.Duration `yaml:"cgc_lifetime,omitempty"`
@@ -168,6 +170,7 @@ func Open(c *FileConfig, logger *slog.Logger) (*Server, io.Closer, error) {
 		PolicyFile:   c.Policy,
 		MaxInFlight:  c.MaxInFlight,
 		MaxQueue:     c.MaxQueue,
+		Profiling:    c.Profiling,
 		AuthorityDir: c.Authorities,
 		Grace:        c.AdmissionGrace,
 		TokenTTL:     c.TokenTTL,

@@ -38,6 +38,9 @@ func (s *Server) routes() {
 	m.HandleFunc("GET "+api.PathPolicy, s.admin(s.handlePolicyStatus))
 	m.HandleFunc("POST "+api.PathPolicyReload, s.admin(s.handlePolicyReload))
 	m.HandleFunc("POST "+api.PathPolicyExplain, s.admin(s.handlePolicyExplain))
+	if s.cfg.Profiling {
+		m.HandleFunc("GET "+PathProfile+"{name}", s.admin(s.handleProfile))
+	}
 	s.mux = m
 }
 

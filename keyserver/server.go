@@ -56,8 +56,10 @@ type Config struct {
 	// the rest get 503 with Retry-After: RetryAfter. Defaults above.
 	MaxInFlight int
 	MaxQueue    int
-	QueueWait   time.Duration
-	RetryAfter  time.Duration
+
+	Profiling  bool // serve Go profiles to administrators at PathProfile
+	QueueWait  time.Duration
+	RetryAfter time.Duration
 
 	PruneInterval time.Duration // default 10 minutes
 

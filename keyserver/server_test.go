@@ -143,6 +143,7 @@ type options struct {
 	authorities []string
 
 	maxInFlight, maxQueue int // load shedding; 0: the defaults
+	profiling             bool
 }
 
 // harness is a keyserver serving HTTPS on loopback, in process.
@@ -217,6 +218,7 @@ func start(t *testing.T, opts options) *harness {
 		PruneInterval: time.Hour, // one round at start, then none while a test runs
 		MaxInFlight:   opts.maxInFlight,
 		MaxQueue:      opts.maxQueue,
+		Profiling:     opts.profiling,
 		Audit:         h.audit,
 		Logger:        slog.New(slog.DiscardHandler),
 		Now:           clock.Now,
