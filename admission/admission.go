@@ -24,6 +24,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -87,6 +88,39 @@ type Config struct {
 type Service struct {
 	cfg    Config
 	limits atomic.Pointer[CGCLimits]
+
+	verifiedMu sync.Mutex
+	verified   map[[sha256.Size]byte]struct{} // CGCs whose chain has been verified
+}
+
+// maxVerified bounds the verified-CGC cache: one entry per node is
+// enough, and a full cache is simply started again.
+const maxVerified = 1 << 17
+
+// verify checks a CGC against the key-granting authority as of now. A
+// certificate's chain and signatures do not change, and the authority
+// never changes while the keyserver runs, so once verified, a CGC needs
+// only its validity period checked again: that spares an ECDSA
+// verification on every request a node makes after its first.
+func (s *Service) verify(leaf *x509.Certificate) error {
+	key := sha256.Sum256(leaf.Raw)
+	now := s.cfg.Now()
+	s.verifiedMu.Lock()
+	_, ok := s.verified[key]
+	s.verifiedMu.Unlock()
+	if ok && !now.Before(leaf.NotBefore) && !now.After(leaf.NotAfter) {
+		return nil
+	}
+	if err := s.cfg.KeyGranting.Verify(leaf, x509.ExtKeyUsageClientAuth); err != nil {
+		return err
+	}
+	s.verifiedMu.Lock()
+	if s.verified == nil || len(s.verified) >= maxVerified {
+		s.verified = map[[sha256.Size]byte]struct{}{}
+	}
+	s.verified[key] = struct{}{}
+	s.verifiedMu.Unlock()
+	return nil
 }
 
 // CGCLimits are the CGC settings a policy reload may change.
@@ -415,7 +449,7 @@ func (s *Service) authenticate(ctx context.Context, chain []*x509.Certificate, a
 		return nil, fmt.Errorf("%w: no certificate", ErrCertInvalid)
 	}
 	leaf := chain[0]
-	if err := s.cfg.KeyGranting.Verify(leaf, x509.ExtKeyUsageClientAuth); err != nil {
+	if err := s.verify(leaf); err != nil {
 		var inv x509.CertificateInvalidError
 		if !errors.As(err, &inv) || inv.Reason != x509.Expired {
 			return nil, fmt.Errorf("%w: %w", ErrCertInvalid, err)

@@ -1478,3 +1478,20 @@ func TestAuthenticateRenewalAfterExpiry(t *testing.T) {
 		return err
 	}, admission.ErrCertExpired)
 }
+
+// TestVerifiedCGCStillExpires: a CGC verified once (and so remembered)
+// is still refused once it has expired, or before it is valid.
+func TestVerifiedCGCStillExpires(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	cert := e.admit(t, e.issue(t, admission.TokenSpec{}), newKey(t)).Cert
+	e.auth(t, cert) // verified, remembered
+	e.auth(t, cert) // from memory
+	for _, at := range []time.Time{cert.NotAfter.Add(time.Second), cert.NotBefore.Add(-time.Second)} {
+		e.now = at
+		refused(t, e.st, func() error {
+			_, err := e.svc.Authenticate(t.Context(), []*x509.Certificate{cert})
+			return err
+		}, admission.ErrCertExpired)
+	}
+}
