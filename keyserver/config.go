@@ -35,6 +35,7 @@ type FileConfig struct {
 	TokenTTL       time.Duration `yaml:"token_ttl,omitempty"`
 
 	// Load shedding of the requests that sign: see Config.MaxInFlight.
+	MaxConns    int `yaml:"max_conns,omitempty"`
 	MaxInFlight int `yaml:"max_in_flight,omitempty"`
 	MaxQueue    int `yaml:"max_queue,omitempty"`
 	// Profiling serves Go's profiles to administrators (PathProfile).
@@ -102,8 +103,8 @@ func LoadConfig(path string) (*FileConfig, error) {
 	default:
 		problems = append(problems, fmt.Errorf("store.type: unknown store %q (want bolt)", c.Store.Type))
 	}
-	if c.MaxInFlight < 0 || c.MaxQueue < 0 {
-		problems = append(problems, errors.New("max_in_flight, max_queue: must not be negative"))
+	if c.MaxConns < 0 || c.MaxInFlight < 0 || c.MaxQueue < 0 {
+		problems = append(problems, errors.New("max_conns, max_in_flight, max_queue: must not be negative"))
 	}
 	if c.OldCGCLifetime != 0 {
 		problems = append(problems, errors.New("cgc_lifetime: moved into the policy file, as cgc: {lifetime: ...}; remove it here"))
@@ -168,6 +169,7 @@ func Open(c *FileConfig, logger *slog.Logger) (*Server, io.Closer, error) {
 		Admin:        auths[authority.Admin],
 		Store:        st,
 		PolicyFile:   c.Policy,
+		MaxConns:     c.MaxConns,
 		MaxInFlight:  c.MaxInFlight,
 		MaxQueue:     c.MaxQueue,
 		Profiling:    c.Profiling,

@@ -174,8 +174,10 @@ admission_grace: 10m    # a node whose answer was lost may retry its token with 
 token_ttl: 1h           # default lifetime of an admission token
 max_token_ttl: 168h     # longest lifetime keyctl token issue --ttl may ask for
 
-# Load shedding: requests that sign (admit, renew, sign) beyond these get
-# 503 with Retry-After instead of piling up.
+# Under a storm: at most max_conns connections are served at once (the
+# rest wait to be accepted), and requests that sign (admit, renew, sign)
+# beyond these get 503 with Retry-After instead of piling up.
+max_conns: 256
 max_in_flight: 64       # at once
 max_queue: 1024         # waiting (up to 5s) for a turn
 `

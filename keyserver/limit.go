@@ -25,6 +25,7 @@ type limiter struct {
 
 // Defaults of the limiter.
 const (
+	DefaultMaxConns    = 256
 	DefaultMaxInFlight = 64
 	DefaultMaxQueue    = 1024
 	DefaultQueueWait   = 5 * time.Second

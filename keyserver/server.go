@@ -24,6 +24,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/netutil"
+
 	"github.com/keysystem/keysystem/admission"
 	"github.com/keysystem/keysystem/authority"
 	"github.com/keysystem/keysystem/keyserver/store"
@@ -57,7 +59,9 @@ type Config struct {
 	MaxInFlight int
 	MaxQueue    int
 
-	Profiling  bool // serve Go profiles to administrators at PathProfile
+	Profiling bool // serve Go profiles to administrators at PathProfile
+
+	MaxConns   int // connections served at once, default DefaultMaxConns; more wait to be accepted
 	QueueWait  time.Duration
 	RetryAfter time.Duration
 
@@ -115,6 +119,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.PruneInterval == 0 {
 		cfg.PruneInterval = 10 * time.Minute
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = DefaultMaxConns
 	}
 	if cfg.MaxInFlight == 0 {
 		cfg.MaxInFlight = DefaultMaxInFlight
@@ -251,7 +258,11 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	defer func() { stopPrune(); wg.Wait() }()
 
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ServeTLS(l, "", "") }()
+	// At most MaxConns connections are served at once; the rest wait in
+	// the kernel's accept queue. Under a storm this keeps every accepted
+	// connection's TLS handshake inside its deadline, where accepting all
+	// would have thousands of handshakes share the CPU and time out.
+	go func() { errc <- srv.ServeTLS(netutil.LimitListener(l, s.cfg.MaxConns), "", "") }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("keyserver: %w", err)

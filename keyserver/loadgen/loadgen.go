@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net/http"
 	"slices"
 	"strconv"
@@ -92,7 +93,7 @@ type Config struct {
 	Grant       string        // sign: the grant whose certificate the nodes ask for
 	PID         int           // the keyserver's process, for its CPU time and memory; 0: not measured
 	Timeout     time.Duration // per HTTP request; default 30s
-	MaxRetries  int           // retries of a request answered 503 with Retry-After; default 10; <0: none
+	MaxRetries  int           // retries of a request answered 503 with Retry-After, or whose connection failed; default 10; <0: none
 
 	Clock Clock     // default real time
 	Rand  io.Reader // draws the run's tag; default crypto/rand
@@ -637,7 +638,15 @@ func (g *gen) request(ctx context.Context, method, path string, cred *tls.Certif
 		retryAfter, err := g.once(ctx, method, path, cred, body, out)
 		n++
 		var f *Failure
-		if err != nil && errors.As(err, &f) && f.Kind == "http_503_unavailable" && retryAfter >= 0 && attempt < g.cfg.MaxRetries {
+		if err != nil && errors.As(err, &f) && f.Kind == "transport" && attempt < g.cfg.MaxRetries && ctx.Err() == nil {
+			// As a keyclient does: a connection refused or reset (a full
+			// accept queue under a storm) is tried again after a backoff
+			// with jitter, with the same request, so a lost answer is
+			// replayed, not repeated.
+			d := min(time.Second<<attempt, 30*time.Second)
+			retryAfter = d/2 + mrand.N(d/2+1)
+		}
+		if err != nil && errors.As(err, &f) && (f.Kind == "http_503_unavailable" || f.Kind == "transport") && retryAfter >= 0 && attempt < g.cfg.MaxRetries {
 			g.mu.Lock()
 			g.retries[f.Kind]++
 			g.mu.Unlock()
