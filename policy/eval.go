@@ -120,7 +120,7 @@ func (p *Policy) Decide(grant string, f Facts) (Decision, error) {
 	}
 	d := Decision{Grant: g, Via: via}
 	if g.Type == TypeX509 {
-		d.Cert, d.Err = p.render(g, f, firstGroup(g, groups))
+		d.Cert, d.Err = p.render(g, f, groups)
 	}
 	return d, nil
 }
@@ -234,9 +234,11 @@ func templateMessage(name string, err error) string {
 	return msg
 }
 
-func (p *Policy) render(g *Grant, f Facts, group string) (*Cert, error) {
+// render makes what g yields for a node with facts f, in groups (as
+// GroupsOf gives them).
+func (p *Policy) render(g *Grant, f Facts, groups []string) (*Cert, error) {
 	short, domain, _ := strings.Cut(f.Node, ".")
-	data := templateData{Node: f.Node, Short: short, Domain: domain, Group: group, Groups: p.GroupsOf(f), IPs: f.IPs, Grant: g.Name}
+	data := templateData{Node: f.Node, Short: short, Domain: domain, Group: firstGroup(g, groups), Groups: groups, IPs: f.IPs, Grant: g.Name}
 	run := func(t *template.Template) ([]string, error) {
 		var b strings.Builder
 		if err := t.Execute(&b, data); err != nil {

@@ -528,7 +528,7 @@ func (ps *parser) x509Grant(p *Policy, g *Grant, d *grantDecl, where []string, d
 		return
 	}
 	sample := sampleFacts(g)
-	c, err := p.render(g, sample, firstGroup(g, sample.Groups))
+	c, err := p.render(g, sample, p.GroupsOf(sample))
 	if err != nil {
 		var te *templateError
 		if errors.As(err, &te) {

@@ -4,7 +4,8 @@
 // keep-alive and no session resumption, as a real fleet does; it verifies
 // every answer and measures throughput and latency.
 //
-// It is a client and imports nothing of the server (only keyserver/api):
+// It is a client and imports nothing of the server (only keyserver/api,
+// and authority for key generation):
 // it trusts the keyserver only through the TLS root it is given, the
 // key-granting root only as that keyserver serves it, and a grant's root
 // only as the first answer for that grant names it, pinned for the rest of
@@ -17,8 +18,6 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -37,6 +36,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keysystem/keysystem/authority"
 	"github.com/keysystem/keysystem/keyserver/api"
 )
 
@@ -598,7 +598,7 @@ func (g *gen) checkGrant(n *node, key crypto.Signer, resp *api.CertificateRespon
 // newKey makes a fresh P-256 key and a CSR that carries it and nothing
 // else, as the keyclient sends.
 func newKey() (crypto.Signer, string, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := authority.GenerateKey(authority.ECDSAP256)
 	if err != nil {
 		return nil, "", err
 	}

@@ -3,11 +3,12 @@ package loadgen
 import (
 	"crypto"
 	"crypto/x509"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
+
+	"go.step.sm/crypto/pemutil"
 )
 
 // Failure kinds of the verification of an answer.
@@ -95,24 +96,11 @@ func Verify(certPEM, chainPEM string, want Expect) (*x509.Certificate, []*x509.C
 	return leaf, chain, nil
 }
 
-// parsePEM reads every CERTIFICATE block of data; no block is no
-// certificate, not an error.
+// parsePEM reads every certificate of data; no certificate at all (an
+// empty chain) is not an error.
 func parsePEM(data string) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	rest := []byte(data)
-	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			return certs, nil
-		}
-		if b.Type != "CERTIFICATE" {
-			return nil, errors.New("a " + b.Type + " block where certificates belong")
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		certs = append(certs, c)
+	if strings.TrimSpace(data) == "" {
+		return nil, nil
 	}
+	return pemutil.ParseCertificateBundle([]byte(data))
 }
