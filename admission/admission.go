@@ -1,7 +1,8 @@
 // Package admission turns evidence into node identity: a one-time token
 // into a certificate-granting certificate (CGC), and a current CGC into its
 // successor. It also keeps the node inventory and the rules that go with it:
-// one current CGC serial per node (plus the one being rotated to), revoked
+// one current CGC serial per node (the one it replaced good only to repeat
+// that renewal), revoked
 // nodes refused at once, tokens that die with their node.
 //
 // The identity in a CGC comes only from the token the keyserver issued, never
@@ -15,6 +16,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -183,19 +185,24 @@ func New(cfg Config) (*Service, error) {
 
 // Node is what the keyserver keeps about an admitted node.
 type Node struct {
-	Name         string    `json:"name"`
-	IPs          []string  `json:"ips,omitempty"`
-	Groups       []string  `json:"groups,omitempty"` // given by the token that admitted it
-	TokenID      string    `json:"token_id"`
-	AdmittedAt   time.Time `json:"admitted_at"`
-	Serial       string    `json:"serial"` // the current CGC
-	NotAfter     time.Time `json:"not_after"`
-	Next         string    `json:"next,omitempty"` // the CGC being rotated to, until the node first uses it
-	NextNotAfter time.Time `json:"next_not_after,omitzero"`
-	Renewals     int       `json:"renewals"`
-	RenewedAt    time.Time `json:"renewed_at,omitzero"`
-	Revoked      bool      `json:"revoked,omitempty"`
-	RevokedAt    time.Time `json:"revoked_at,omitzero"`
+	Name       string    `json:"name"`
+	IPs        []string  `json:"ips,omitempty"`
+	Groups     []string  `json:"groups,omitempty"` // given by the token that admitted it
+	TokenID    string    `json:"token_id"`
+	AdmittedAt time.Time `json:"admitted_at"`
+	Serial     string    `json:"serial"` // the current CGC
+	NotAfter   time.Time `json:"not_after"`
+	// Key is the SHA-256 of the current CGC's public key (hex), the key a
+	// repeated renewal from Previous must ask for again.
+	Key string `json:"key,omitempty"`
+	// Previous is the CGC the current one replaced. It is good for one
+	// thing only: repeating that renewal, for the same key, when the
+	// answer was lost.
+	Previous  string    `json:"previous,omitempty"`
+	Renewals  int       `json:"renewals"`
+	RenewedAt time.Time `json:"renewed_at,omitzero"`
+	Revoked   bool      `json:"revoked,omitempty"`
+	RevokedAt time.Time `json:"revoked_at,omitzero"`
 }
 
 // Issued is a CGC handed to a node.
@@ -358,7 +365,7 @@ func (s *Service) Admit(ctx context.Context, req AdmitRequest) (*Issued, error) 
 	if err != nil {
 		return nil, err
 	}
-	keyHash := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
+	spki := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
 	key := tokenPrefix + tok.ID
 	for {
 		raw, err := s.cfg.Store.Get(ctx, key)
@@ -371,7 +378,7 @@ func (s *Service) Admit(ctx context.Context, req AdmitRequest) (*Issued, error) 
 		if err := json.Unmarshal(raw, &rec); err != nil {
 			return nil, fmt.Errorf("admission: token %s: %w", tok.ID, err)
 		}
-		attempt := tokens.Attempt{Token: tok, Node: req.Node, Source: req.Source.Unmap(), KeyHash: keyHash[:], Now: s.cfg.Now(), Grace: s.cfg.Grace}
+		attempt := tokens.Attempt{Token: tok, Node: req.Node, Source: req.Source.Unmap(), KeyHash: spki[:], Now: s.cfg.Now(), Grace: s.cfg.Grace}
 		outcome, err := rec.Check(attempt)
 		if err != nil {
 			return nil, fmt.Errorf("admission: token %s for node %s: %w", tok.ID, rec.Node, err)
@@ -397,6 +404,7 @@ func (s *Service) Admit(ctx context.Context, req AdmitRequest) (*Issued, error) 
 			AdmittedAt: attempt.Now,
 			Serial:     SerialHex(cert),
 			NotAfter:   cert.NotAfter,
+			Key:        hex.EncodeToString(spki[:]),
 		}
 		rawRec, err := json.Marshal(redeemed)
 		if err != nil {
@@ -425,26 +433,30 @@ func (s *Service) Admit(ctx context.Context, req AdmitRequest) (*Issued, error) 
 type Caller struct {
 	Node   Node
 	Serial string // serial of the CGC it presented
+	// Retry: the CGC presented is the node's previous one, accepted only
+	// by Renew, and only to repeat the renewal that replaced it.
+	Retry bool
 }
 
 // Authenticate checks a client certificate chain (leaf first, as presented
 // in the TLS handshake) as a CGC: issued by the key-granting authority, valid
-// now, of a node that is not revoked, and the node's current CGC or the one
-// it is being rotated to. The first use of the newer one makes it current,
-// and from then on the older one is refused as superseded.
+// now, of a node that is not revoked, and the node's current CGC. Any older
+// CGC of the node is refused as superseded. Authentication reads the store
+// and never writes it.
 func (s *Service) Authenticate(ctx context.Context, chain []*x509.Certificate) (*Caller, error) {
-	return s.authenticate(ctx, chain, 0)
+	return s.authenticate(ctx, chain, 0, false)
 }
 
 // AuthenticateRenewal is Authenticate for a renewal, which also accepts a
-// CGC that expired no longer ago than the RenewAfterExpiry limit: a node
+// CGC that expired no longer ago than the RenewAfterExpiry limit (a node
 // that was switched off past its CGC's expiry comes back without a new
-// token, but only to renew.
+// token, but only to renew), and the node's previous CGC, for Renew to
+// decide whether it is a retry (Caller.Retry).
 func (s *Service) AuthenticateRenewal(ctx context.Context, chain []*x509.Certificate) (*Caller, error) {
-	return s.authenticate(ctx, chain, s.CGCLimits().RenewAfterExpiry)
+	return s.authenticate(ctx, chain, s.CGCLimits().RenewAfterExpiry, true)
 }
 
-func (s *Service) authenticate(ctx context.Context, chain []*x509.Certificate, afterExpiry time.Duration) (*Caller, error) {
+func (s *Service) authenticate(ctx context.Context, chain []*x509.Certificate, afterExpiry time.Duration, renewal bool) (*Caller, error) {
 	if len(chain) == 0 {
 		return nil, fmt.Errorf("%w: no certificate", ErrCertInvalid)
 	}
@@ -468,38 +480,42 @@ func (s *Service) authenticate(ctx context.Context, chain []*x509.Certificate, a
 	if err != nil {
 		return nil, err
 	}
-	serial := SerialHex(leaf)
-	var caller *Caller
-	err = s.update(ctx, nodePrefix+name, func(raw []byte) ([]byte, error) {
-		n, err := decodeNode(raw, name)
-		if err != nil {
-			return nil, err
-		}
-		promoted, err := n.present(serial)
-		if err != nil {
-			return nil, err
-		}
-		caller = &Caller{Node: n, Serial: serial}
-		if !promoted {
-			return nil, nil
-		}
-		return json.Marshal(n)
-	})
+	raw, err := s.cfg.Store.Get(ctx, nodePrefix+name)
+	if errors.Is(err, store.ErrNotFound) {
+		raw = nil
+	} else if err != nil {
+		return nil, fmt.Errorf("admission: %w", err)
+	}
+	n, err := decodeNode(raw, name)
 	if err != nil {
 		return nil, err
 	}
-	return caller, nil
+	serial := SerialHex(leaf)
+	retry, err := n.present(serial, renewal)
+	if err != nil {
+		return nil, err
+	}
+	return &Caller{Node: n, Serial: serial, Retry: retry}, nil
 }
 
-// Renew issues the caller's next CGC for the key in csr. The new CGC becomes
-// current when the node first uses it; until then the presented one stays
-// valid too, so an answer lost in transit costs nothing.
+// Renew issues the caller's next CGC for the key in csr, and from that
+// moment the presented CGC is superseded: a copy of its key is useless to
+// a thief. The one exception covers an answer lost in transit: the
+// previous CGC may repeat the renewal for the same key (the keyclient
+// keeps the key it asked for until it has the certificate), and gets a
+// certificate for that key again, never for another.
 func (s *Service) Renew(ctx context.Context, caller *Caller, csrData []byte) (*Issued, error) {
 	csr, err := ParseCSR(csrData)
 	if err != nil {
 		return nil, err
 	}
 	name := caller.Node.Name
+	key := keyHash(csr)
+	// Refuse what the caller's record already rules out before paying
+	// for a signature; the transaction checks again against the store.
+	if err := caller.Node.renewal(caller.Serial, key); err != nil {
+		return nil, err
+	}
 	cert, err := s.signCGC(name, csr)
 	if err != nil {
 		return nil, err
@@ -509,10 +525,13 @@ func (s *Service) Renew(ctx context.Context, caller *Caller, csrData []byte) (*I
 		if err != nil {
 			return nil, err
 		}
-		if _, err := n.present(caller.Serial); err != nil {
+		if err := n.renewal(caller.Serial, key); err != nil {
 			return nil, err
 		}
-		n.Next, n.NextNotAfter = SerialHex(cert), cert.NotAfter
+		if caller.Serial == n.Serial {
+			n.Previous, n.Key = n.Serial, key
+		}
+		n.Serial, n.NotAfter = SerialHex(cert), cert.NotAfter
 		n.Renewals++
 		n.RenewedAt = s.cfg.Now()
 		return json.Marshal(n)
@@ -524,20 +543,36 @@ func (s *Service) Renew(ctx context.Context, caller *Caller, csrData []byte) (*I
 }
 
 // present applies the rotation rule to a CGC serial the node presents:
-// its current CGC is accepted; the one it is being rotated to is accepted
-// and becomes current (promoted reports that n changed); any other is
-// superseded. A revoked node is refused whatever it presents.
-func (n *Node) present(serial string) (promoted bool, err error) {
+// its current CGC is accepted; for a renewal, so is its previous one
+// (retry reports that); any other is superseded. A revoked node is
+// refused whatever it presents.
+func (n *Node) present(serial string, renewal bool) (retry bool, err error) {
 	switch {
 	case n.Revoked:
 		return false, fmt.Errorf("%w: %s", ErrNodeRevoked, n.Name)
 	case serial == n.Serial:
 		return false, nil
-	case serial == n.Next && n.Next != "":
-		n.Serial, n.NotAfter, n.Next, n.NextNotAfter = n.Next, n.NextNotAfter, "", time.Time{}
+	case renewal && serial == n.Previous && n.Previous != "":
 		return true, nil
 	}
 	return false, fmt.Errorf("%w: node %s presented serial %s, current is %s", ErrCertSuperseded, n.Name, serial, n.Serial)
+}
+
+// renewal checks that the CGC serial may renew for the key (keyHash): the
+// current CGC for any key, the previous one only for the key the current
+// one was issued for.
+func (n *Node) renewal(serial, key string) error {
+	retry, err := n.present(serial, true)
+	if err != nil || !retry || key == n.Key {
+		return err
+	}
+	return fmt.Errorf("%w: node %s presented its previous CGC %s to renew for a key other than its current CGC's", ErrCertSuperseded, n.Name, serial)
+}
+
+// keyHash names a request's public key in a node record.
+func keyHash(csr *x509.CertificateRequest) string {
+	h := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
+	return hex.EncodeToString(h[:])
 }
 
 func decodeNode(raw []byte, name string) (Node, error) {

@@ -12,6 +12,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -50,12 +51,16 @@ type env struct {
 	st  *store.Memory
 	ka  *authority.Authority
 	svc *admission.Service
+
+	// Every CGC admit and renew returned, and its key, by serial.
+	certs map[string]*x509.Certificate
+	keys  map[string]crypto.Signer
 }
 
 // newEnv makes an env; opts may change the service's configuration.
 func newEnv(t *testing.T, opts ...func(*admission.Config)) *env {
 	t.Helper()
-	e := &env{now: t0, st: store.NewMemory()}
+	e := &env{now: t0, st: store.NewMemory(), certs: map[string]*x509.Certificate{}, keys: map[string]crypto.Signer{}}
 	ka, err := authority.Generate(authority.Config{Name: authority.KeyGranting, Now: e.clock})
 	if err != nil {
 		t.Fatalf("authority.Generate: %v", err)
@@ -101,6 +106,7 @@ func (e *env) admit(t *testing.T, tok tokens.Token, key crypto.Signer) *admissio
 	if err != nil {
 		t.Fatalf("Admit: %v", err)
 	}
+	e.certs[admission.SerialHex(iss.Cert)], e.keys[admission.SerialHex(iss.Cert)] = iss.Cert, key
 	return iss
 }
 
@@ -119,6 +125,7 @@ func (e *env) renew(t *testing.T, caller *admission.Caller, key crypto.Signer) *
 	if err != nil {
 		t.Fatalf("Renew: %v", err)
 	}
+	e.certs[admission.SerialHex(iss.Cert)], e.keys[admission.SerialHex(iss.Cert)] = iss.Cert, key
 	return iss
 }
 
@@ -515,6 +522,7 @@ func TestAdmit(t *testing.T) {
 		AdmittedAt: e.now,
 		Serial:     serial,
 		NotAfter:   iss.Cert.NotAfter,
+		Key:        keyHash(t, key),
 	}
 	if got := e.node(t, web1); !reflect.DeepEqual(got, want) {
 		t.Errorf("node record\n got %+v\nwant %+v", got, want)
@@ -827,38 +835,45 @@ func TestAdmitConcurrent(t *testing.T) {
 func TestAuthenticateRotation(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	cert0 := e.admit(t, e.issue(t, admission.TokenSpec{}), newKey(t)).Cert
+	key0 := newKey(t)
+	cert0 := e.admit(t, e.issue(t, admission.TokenSpec{}), key0).Cert
 	s0 := admission.SerialHex(cert0)
-	caller0 := e.auth(t, cert0)
-	if caller0.Serial != s0 || caller0.Node.Serial != s0 {
+	var caller0 *admission.Caller
+	unchanged(t, e.st, func() { caller0 = e.auth(t, cert0) })
+	if caller0.Serial != s0 || caller0.Node.Serial != s0 || caller0.Retry {
 		t.Fatalf("Authenticate(current) = %+v", caller0)
+	}
+	if n := e.node(t, web1); n.Key != keyHash(t, key0) || n.Previous != "" {
+		t.Fatalf("after admission: %+v, want key %s", n, keyHash(t, key0))
 	}
 
 	e.advance(time.Hour)
-	cert1 := e.renew(t, caller0, newKey(t)).Cert
+	key1 := newKey(t)
+	cert1 := e.renew(t, caller0, key1).Cert
 	s1 := admission.SerialHex(cert1)
-	if n := e.node(t, web1); n.Serial != s0 || n.Next != s1 || !n.NextNotAfter.Equal(cert1.NotAfter) {
-		t.Fatalf("after Renew: %+v, want serial %s next %s", n, s0, s1)
+	n := e.node(t, web1)
+	if n.Serial != s1 || n.Previous != s0 || n.Key != keyHash(t, key1) || !n.NotAfter.Equal(cert1.NotAfter) {
+		t.Fatalf("after Renew: %+v, want serial %s, previous %s, key %s", n, s1, s0, keyHash(t, key1))
 	}
-	// Until the new CGC is used, the old one works and changes nothing.
+	// The new CGC is current at once, without being used first, and
+	// using it writes nothing.
 	unchanged(t, e.st, func() {
-		if c := e.auth(t, cert0); c.Serial != s0 {
-			t.Errorf("Authenticate(old) = %+v", c)
+		if c := e.auth(t, cert1); c.Serial != s1 || c.Node.Serial != s1 || c.Retry {
+			t.Errorf("Authenticate(new) = %+v", c)
 		}
 	})
-	// Its first use promotes it.
-	if c := e.auth(t, cert1); c.Serial != s1 || c.Node.Serial != s1 || c.Node.Next != "" {
-		t.Errorf("Authenticate(new) = %+v", c)
-	}
-	n := e.node(t, web1)
-	if n.Serial != s1 || n.Next != "" || !n.NextNotAfter.IsZero() || !n.NotAfter.Equal(cert1.NotAfter) {
-		t.Errorf("after first use of the new CGC: %+v, want serial %s, no next", n, s1)
-	}
+	// The old one is superseded for everything but a renewal, which may
+	// only repeat the last one.
 	refused(t, e.st, func() error {
 		_, err := e.svc.Authenticate(t.Context(), []*x509.Certificate{cert0})
 		return err
 	}, admission.ErrCertSuperseded)
-	unchanged(t, e.st, func() { e.auth(t, cert1) })
+	unchanged(t, e.st, func() {
+		c, err := e.svc.AuthenticateRenewal(t.Context(), []*x509.Certificate{cert0})
+		if err != nil || c.Serial != s0 || !c.Retry {
+			t.Errorf("AuthenticateRenewal(previous) = %+v, %v; want a retry", c, err)
+		}
+	})
 }
 
 func TestAuthenticateRefusals(t *testing.T) {
@@ -897,19 +912,23 @@ func TestAuthenticateRefusals(t *testing.T) {
 		{"node not in inventory", signed("ghost.example", []*url.URL{admission.NodeURI("ghost.example")}, x509.ExtKeyUsageClientAuth), admission.ErrCertInvalid},
 		{"unrelated serial", signed(web1, []*url.URL{admission.NodeURI(web1)}, x509.ExtKeyUsageClientAuth), admission.ErrCertSuperseded},
 		{"old after rotation", func(t *testing.T, e *env, cert0 *x509.Certificate) []*x509.Certificate {
-			e.auth(t, rotated(t, e, cert0))
+			rotated(t, e, cert0)
+			return []*x509.Certificate{cert0}
+		}, admission.ErrCertSuperseded},
+		{"two rotations back", func(t *testing.T, e *env, cert0 *x509.Certificate) []*x509.Certificate {
+			rotated(t, e, rotated(t, e, cert0))
 			return []*x509.Certificate{cert0}
 		}, admission.ErrCertSuperseded},
 		{"revoked, current", func(t *testing.T, e *env, cert0 *x509.Certificate) []*x509.Certificate {
 			revoke(t, e)
 			return []*x509.Certificate{cert0}
 		}, admission.ErrNodeRevoked},
-		{"revoked, old while rotating", func(t *testing.T, e *env, cert0 *x509.Certificate) []*x509.Certificate {
+		{"revoked, previous", func(t *testing.T, e *env, cert0 *x509.Certificate) []*x509.Certificate {
 			rotated(t, e, cert0)
 			revoke(t, e)
 			return []*x509.Certificate{cert0}
 		}, admission.ErrNodeRevoked},
-		{"revoked, next", func(t *testing.T, e *env, cert0 *x509.Certificate) []*x509.Certificate {
+		{"revoked, new", func(t *testing.T, e *env, cert0 *x509.Certificate) []*x509.Certificate {
 			next := rotated(t, e, cert0)
 			revoke(t, e)
 			return []*x509.Certificate{next}
@@ -981,10 +1000,10 @@ func TestRenew(t *testing.T) {
 		}
 		s := admission.SerialHex(iss.Cert)
 		n := e.node(t, web1)
-		if n.Serial != admission.SerialHex(cert) || n.Next != s || !n.NextNotAfter.Equal(iss.Cert.NotAfter) ||
+		if n.Serial != s || n.Previous != admission.SerialHex(cert) || n.Key != keyHash(t, key) || !n.NotAfter.Equal(iss.Cert.NotAfter) ||
 			n.Renewals != i || !n.RenewedAt.Equal(e.now) {
-			t.Errorf("renewal %d: node %+v, want serial %s, next %s, %d renewals at %v",
-				i, n, admission.SerialHex(cert), s, i, e.now)
+			t.Errorf("renewal %d: node %+v, want serial %s, previous %s, %d renewals at %v",
+				i, n, s, admission.SerialHex(cert), i, e.now)
 		}
 		cert, caller = iss.Cert, e.auth(t, iss.Cert)
 	}
@@ -998,9 +1017,25 @@ func TestRenewRefusals(t *testing.T) {
 		prep prep
 		want error
 	}{
-		{"superseded", func(t *testing.T, e *env, caller0 *admission.Caller) (*admission.Caller, []byte) {
-			e.auth(t, e.renew(t, caller0, newKey(t)).Cert)
+		{"previous CGC, another key", func(t *testing.T, e *env, caller0 *admission.Caller) (*admission.Caller, []byte) {
+			e.renew(t, caller0, newKey(t))
+			return renewalCaller(t, e, caller0), csrPEM(t, newKey(t))
+		}, admission.ErrCertSuperseded},
+		{"previous CGC, its own key", func(t *testing.T, e *env, caller0 *admission.Caller) (*admission.Caller, []byte) {
+			e.renew(t, caller0, newKey(t))
+			return renewalCaller(t, e, caller0), csrPEM(t, e.keys[caller0.Serial])
+		}, admission.ErrCertSuperseded},
+		{"previous CGC, caller from before the renewal", func(t *testing.T, e *env, caller0 *admission.Caller) (*admission.Caller, []byte) {
+			// The caller was authenticated as current; the record has
+			// moved on since, and the transaction must notice.
+			e.renew(t, caller0, newKey(t))
 			return caller0, csrPEM(t, newKey(t))
+		}, admission.ErrCertSuperseded},
+		{"two renewals back, same key", func(t *testing.T, e *env, caller0 *admission.Caller) (*admission.Caller, []byte) {
+			key := newKey(t)
+			cert1 := e.renew(t, caller0, key).Cert
+			e.renew(t, e.auth(t, cert1), key)
+			return caller0, csrPEM(t, key)
 		}, admission.ErrCertSuperseded},
 		{"revoked", func(t *testing.T, e *env, caller0 *admission.Caller) (*admission.Caller, []byte) {
 			if _, err := e.svc.RevokeNode(t.Context(), web1); err != nil {
@@ -1040,42 +1075,73 @@ func TestRenewRefusals(t *testing.T) {
 	}
 }
 
-// TestRenewTwiceBeforeUse: a node that renews again with its current CGC
-// before using the first new one gets a second one, which replaces the
-// first as the one rotated to.
-func TestRenewTwiceBeforeUse(t *testing.T) {
+// TestRenewRetry: a node whose renewal answer was lost repeats the
+// renewal with its previous CGC and the same key, and gets a certificate
+// for that key again, as often as it needs to; the retry changes nothing
+// else about the rotation.
+func TestRenewRetry(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	caller0 := e.auth(t, e.admit(t, e.issue(t, admission.TokenSpec{}), newKey(t)).Cert)
-	first := e.renew(t, caller0, newKey(t)).Cert
-	e.advance(time.Minute)
-	second := e.renew(t, caller0, newKey(t)).Cert
-	n := e.node(t, web1)
-	if n.Serial != caller0.Serial || n.Next != admission.SerialHex(second) || n.Renewals != 2 {
-		t.Errorf("after two renewals: %+v, want serial %s, next %s, 2 renewals", n, caller0.Serial, admission.SerialHex(second))
+	key := newKey(t)
+	lost := e.renew(t, caller0, key).Cert
+	var last *x509.Certificate
+	for i := range 2 {
+		e.advance(time.Minute)
+		retry := renewalCaller(t, e, caller0)
+		if !retry.Retry {
+			t.Fatalf("retry %d: caller %+v is not a retry", i, retry)
+		}
+		iss := e.renew(t, retry, key)
+		checkCGC(t, e, iss.Cert, web1, key.Public())
+		s := admission.SerialHex(iss.Cert)
+		if n := e.node(t, web1); n.Serial != s || n.Previous != caller0.Serial || n.Key != keyHash(t, key) || n.Renewals != 2+i {
+			t.Errorf("retry %d: node %+v, want serial %s, previous %s", i, n, s, caller0.Serial)
+		}
+		last = iss.Cert
 	}
+	// Only the certificate last issued is current.
 	refused(t, e.st, func() error {
-		_, err := e.svc.Authenticate(t.Context(), []*x509.Certificate{first})
+		_, err := e.svc.Authenticate(t.Context(), []*x509.Certificate{lost})
 		return err
 	}, admission.ErrCertSuperseded)
-	if c := e.auth(t, second); c.Node.Serial != admission.SerialHex(second) {
-		t.Errorf("Authenticate(second) = %+v", c)
+	caller1 := e.auth(t, last)
+	// The next renewal moves the rotation on: the first CGC is done.
+	e.renew(t, caller1, newKey(t))
+	refused(t, e.st, func() error {
+		_, err := e.svc.AuthenticateRenewal(t.Context(), []*x509.Certificate{e.certs[caller0.Serial]})
+		return err
+	}, admission.ErrCertSuperseded)
+	refused(t, e.st, func() error {
+		_, err := e.svc.Renew(t.Context(), caller0, csrPEM(t, key))
+		return err
+	}, admission.ErrCertSuperseded)
+	// The previous CGC is now last: a renewal may repeat for key.
+	if c := renewalCaller(t, e, caller1); !c.Retry {
+		t.Errorf("AuthenticateRenewal(%s) = %+v, want a retry", caller1.Serial, c)
 	}
 }
 
-// TestRenewFromNext: renewing with the CGC rotated to (a caller that has not
-// been through Authenticate's promotion) makes it current first.
-func TestRenewFromNext(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
-	caller0 := e.auth(t, e.admit(t, e.issue(t, admission.TokenSpec{}), newKey(t)).Cert)
-	next := e.renew(t, caller0, newKey(t)).Cert
-	caller1 := &admission.Caller{Node: caller0.Node, Serial: admission.SerialHex(next)}
-	third := e.renew(t, caller1, newKey(t)).Cert
-	n := e.node(t, web1)
-	if n.Serial != caller1.Serial || !n.NotAfter.Equal(next.NotAfter) || n.Next != admission.SerialHex(third) || n.Renewals != 2 {
-		t.Errorf("node %+v, want serial %s, next %s, 2 renewals", n, caller1.Serial, admission.SerialHex(third))
+// renewalCaller authenticates the certificate caller presented for a
+// renewal, as the renewal endpoint does.
+func renewalCaller(t *testing.T, e *env, caller *admission.Caller) *admission.Caller {
+	t.Helper()
+	c, err := e.svc.AuthenticateRenewal(t.Context(), []*x509.Certificate{e.certs[caller.Serial]})
+	if err != nil {
+		t.Fatalf("AuthenticateRenewal(%s): %v", caller.Serial, err)
 	}
+	return c
+}
+
+// keyHash is how a node record names a public key.
+func keyHash(t *testing.T, key crypto.Signer) string {
+	t.Helper()
+	der, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.Sum256(der)
+	return hex.EncodeToString(h[:])
 }
 
 func TestRevokeNode(t *testing.T) {
@@ -1094,7 +1160,7 @@ func TestRevokeNode(t *testing.T) {
 	if err != nil {
 		t.Fatalf("RevokeNode: %v", err)
 	}
-	if n.Name != web1 || !n.Revoked || !n.RevokedAt.Equal(revokedAt) || n.Serial != caller0.Serial {
+	if n.Name != web1 || !n.Revoked || !n.RevokedAt.Equal(revokedAt) || n.Serial != admission.SerialHex(next) {
 		t.Errorf("RevokeNode = %+v", n)
 	}
 	if n := e.node(t, web1); !n.Revoked || !n.RevokedAt.Equal(revokedAt) {
@@ -1207,7 +1273,7 @@ func TestReadmission(t *testing.T) {
 			if serial == admission.SerialHex(cert0) || serial == admission.SerialHex(next) {
 				t.Fatalf("re-admission reused serial %s", serial)
 			}
-			want := admission.Node{Name: web1, TokenID: tok.ID, AdmittedAt: e.now, Serial: serial, NotAfter: iss.Cert.NotAfter}
+			want := admission.Node{Name: web1, TokenID: tok.ID, AdmittedAt: e.now, Serial: serial, NotAfter: iss.Cert.NotAfter, Key: keyHash(t, key)}
 			if got := e.node(t, web1); !reflect.DeepEqual(got, want) {
 				t.Errorf("node after re-admission\n got %+v\nwant %+v", got, want)
 			}

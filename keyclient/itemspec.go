@@ -162,7 +162,7 @@ func (c *Config) reservedPaths() map[string]string {
 	m := map[string]string{}
 	if c.StateDir != "" {
 		dir := filepath.Clean(c.StateDir)
-		for _, f := range []string{CGCFile, AnchorFile, AdmissionKeyFile, StatusFile, LockFile} {
+		for _, f := range []string{CGCFile, AnchorFile, AdmissionKeyFile, RenewalKeyFile, StatusFile, LockFile} {
 			m[filepath.Join(dir, f)] = "the state directory"
 		}
 		for _, it := range c.Items {

@@ -49,6 +49,7 @@ const (
 	CGCFile          = "cgc.pem"       // key, certificate and chain in one file, so they change together
 	AnchorFile       = "anchor.crt"    // the keyserver root found by the pin
 	AdmissionKeyFile = "admission.key" // the key being admitted, kept until admission succeeds
+	RenewalKeyFile   = "renewal.key"   // the key being renewed to, kept until the renewal succeeds
 	LockFile         = "lock"          // locked (flock) by the one Client using the directory
 	StaticDir        = "static"        // the content last fetched of each static item, by name
 )
@@ -105,6 +106,12 @@ type Client struct {
 
 	mu       sync.Mutex // one CGC pass at a time
 	failures int        // consecutive failed CGC passes in Run
+
+	// rotating is held for reading by every request made with the CGC and
+	// for writing by a renewal: the keyserver supersedes the old CGC the
+	// moment it issues the new one, so a request with the old one still
+	// under way would be refused, and audited as key theft.
+	rotating sync.RWMutex
 
 	// The CGC and the anchor are changed only under both mu and stateMu;
 	// items read them under stateMu alone, so that they need not wait for
@@ -440,7 +447,7 @@ func (c *Client) admit(ctx context.Context) (*Report, error) {
 	if tok == "" {
 		return nil, ErrNoToken
 	}
-	key, err := c.admissionKey()
+	key, err := c.pendingKey(AdmissionKeyFile)
 	if err != nil {
 		return nil, err
 	}
@@ -450,7 +457,7 @@ func (c *Client) admit(ctx context.Context) (*Report, error) {
 	}
 	var resp api.CertificateResponse
 	req := api.AdmitRequest{Token: tok, Node: c.cfg.Node, CSR: csr}
-	if err := c.call(ctx, http.MethodPost, api.PathAdmit, req, &resp, false); err != nil {
+	if err := c.call(ctx, http.MethodPost, api.PathAdmit, req, &resp, noCGC); err != nil {
 		var ae *api.Error
 		if errors.As(err, &ae) && ae.Code == api.CodeTokenInvalid {
 			return nil, fmt.Errorf("keyclient: admission refused: the token is unknown, expired, already used, revoked or for another node; issue a new one with `keyctl token issue --node %s`: %w", c.cfg.Node, err)
@@ -459,9 +466,6 @@ func (c *Client) admit(ctx context.Context) (*Report, error) {
 	}
 	if err := c.install(key, &resp); err != nil {
 		return nil, err
-	}
-	if err := os.Remove(filepath.Join(c.cfg.StateDir, AdmissionKeyFile)); err != nil {
-		c.log.Warn("could not remove the admission key", "err", err)
 	}
 	if c.cfg.TokenFile != "" {
 		if err := os.Remove(c.cfg.TokenFile); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -472,9 +476,16 @@ func (c *Client) admit(ctx context.Context) (*Report, error) {
 	return c.report(ActionAdmitted, nil), nil
 }
 
+// renew trades the CGC for a new one, for a new key. The keyserver
+// supersedes the old CGC as it issues the new one, so the key asked for
+// is written to the state directory first: should the answer be lost, the
+// retry asks for the same key, which is the only thing the old CGC may
+// still do.
 func (c *Client) renew(ctx context.Context) (*Report, error) {
+	c.rotating.Lock()
+	defer c.rotating.Unlock()
 	prev := c.certs[0]
-	key, err := c.newKey()
+	key, err := c.pendingKey(RenewalKeyFile)
 	if err != nil {
 		return nil, err
 	}
@@ -483,33 +494,27 @@ func (c *Client) renew(ctx context.Context) (*Report, error) {
 		return nil, err
 	}
 	var resp api.CertificateResponse
-	if err := c.call(ctx, http.MethodPost, api.PathRenew, api.RenewRequest{CSR: csr}, &resp, true); err != nil {
+	if err := c.call(ctx, http.MethodPost, api.PathRenew, api.RenewRequest{CSR: csr}, &resp, cgcHeld); err != nil {
 		return nil, fmt.Errorf("keyclient: renewal: %w", err)
 	}
 	if err := c.install(key, &resp); err != nil {
 		return nil, err
 	}
-	// Using the new CGC once makes it the node's current one at the
-	// keyserver, which from then on refuses the old one. Should this call
-	// fail, the next contact does the same.
-	var self api.NodeInfo
-	if err := c.call(ctx, http.MethodGet, api.PathNode, nil, &self, true); err != nil {
-		c.log.Warn("confirming the new CGC failed; the next contact confirms it", "err", err)
-	}
 	return c.report(ActionRenewed, prev), nil
 }
 
-// admissionKey returns the key to admit with: the one a previous attempt
-// left in the state directory, or a new one written there first. Should the
-// keyserver's answer be lost after it spent the token, the retry then comes
-// with the same key and gets the same CGC, instead of a refusal.
-func (c *Client) admissionKey() (crypto.Signer, error) {
-	path := filepath.Join(c.cfg.StateDir, AdmissionKeyFile)
+// pendingKey returns the key to admit or renew with: the one a previous
+// attempt left in the state directory under name, or a new one written
+// there first. Should the keyserver's answer be lost after it acted, the
+// retry then comes with the same key and gets a certificate for it,
+// instead of a refusal. install removes both files.
+func (c *Client) pendingKey(name string) (crypto.Signer, error) {
+	path := filepath.Join(c.cfg.StateDir, name)
 	if data, err := os.ReadFile(path); err == nil {
 		if s, err := parseSigner(data); err == nil {
 			return s, nil
 		}
-		c.log.Warn("replacing an unreadable admission key", "file", path)
+		c.log.Warn("replacing an unreadable key", "file", path)
 	}
 	key, err := c.newKey()
 	if err != nil {
@@ -580,6 +585,13 @@ func (c *Client) install(key crypto.Signer, resp *api.CertificateResponse) error
 		return err
 	}
 	c.setCGC(key, certs)
+	// The keys asked for are spent: a later admission or renewal must
+	// not ask for a key that already has a certificate.
+	for _, f := range []string{AdmissionKeyFile, RenewalKeyFile} {
+		if err := os.Remove(filepath.Join(c.cfg.StateDir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			c.log.Warn("could not remove a spent key", "file", f, "err", err)
+		}
+	}
 	return nil
 }
 
@@ -719,9 +731,18 @@ func (c *Client) trust(ctx context.Context) (*x509.Certificate, error) {
 	return nil, errors.Join(errs...)
 }
 
+// How a request authenticates.
+type auth int
+
+const (
+	noCGC   auth = iota // none: admission, and the trust anchor
+	withCGC             // the node's CGC, never while a renewal replaces it
+	cgcHeld             // the CGC, by a renewal holding rotating already
+)
+
 // call sends one JSON request to the first keyserver that answers and
-// decodes its answer into out; withCGC presents the node's CGC.
-func (c *Client) call(ctx context.Context, method, path string, in, out any, withCGC bool) error {
+// decodes its answer into out.
+func (c *Client) call(ctx context.Context, method, path string, in, out any, as auth) error {
 	var body []byte
 	if in != nil {
 		var err error
@@ -729,7 +750,7 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any, wit
 			return err
 		}
 	}
-	return c.roundTrip(ctx, method, path, body, withCGC, func(resp *http.Response) error {
+	return c.roundTrip(ctx, method, path, body, as, func(resp *http.Response) error {
 		return api.ReadResponse(resp, 1<<20, out)
 	})
 }
@@ -738,7 +759,7 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any, wit
 // hands its answer to read. An answer from the API (even a refusal) ends
 // the search, since keyservers share their state; only a failure to reach
 // one, or a 5xx answer, moves on to the next.
-func (c *Client) roundTrip(ctx context.Context, method, path string, body []byte, withCGC bool, read func(*http.Response) error) error {
+func (c *Client) roundTrip(ctx context.Context, method, path string, body []byte, as auth, read func(*http.Response) error) error {
 	anchor, err := c.trust(ctx)
 	if err != nil {
 		return err
@@ -746,7 +767,11 @@ func (c *Client) roundTrip(ctx context.Context, method, path string, body []byte
 	roots := x509.NewCertPool()
 	roots.AddCert(anchor)
 	tlsc := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, Time: c.opts.Clock.Now}
-	if withCGC {
+	if as == withCGC {
+		c.rotating.RLock()
+		defer c.rotating.RUnlock()
+	}
+	if as != noCGC {
 		cred, err := c.credential()
 		if err != nil {
 			return err

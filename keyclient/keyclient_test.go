@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -228,4 +230,71 @@ func TestHonourRetryAfter(t *testing.T) {
 	if w := honourRetryAfter(errors.New("connection refused"), 5*time.Second, rnd); w != 5*time.Second {
 		t.Errorf("no Retry-After: %v", w)
 	}
+}
+
+// TestRequestsWithTheCGCWaitForARenewal: the keyserver supersedes the old
+// CGC the moment a renewal issues the new one, so no request may go out
+// with the CGC while a renewal holds rotating (it would be refused, and
+// audited as key theft). Requests without the CGC are not held up.
+func TestRequestsWithTheCGCWaitForARenewal(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan struct{}, 8)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+			accepted <- struct{}{}
+		}
+	}()
+	ka := newAuthority(t, "keygranting", time.Now)
+	key, err := authority.GenerateKey(authority.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ka.Sign(authority.Request{PublicKey: key.Public(), CommonName: "web1", Lifetime: time.Hour, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Client{
+		cfg:    &Config{Servers: []string{"https://" + ln.Addr().String()}},
+		opts:   Options{Clock: realClock{}, RequestTimeout: 10 * time.Second},
+		anchor: ka.Root(),
+		key:    key,
+		certs:  []*x509.Certificate{cert},
+	}
+	send := func(as auth) chan error {
+		done := make(chan error, 1)
+		go func() {
+			done <- c.roundTrip(t.Context(), http.MethodGet, api.PathNode, nil, as, func(*http.Response) error { return nil })
+		}()
+		return done
+	}
+	wait := func(what string) {
+		t.Helper()
+		select {
+		case <-accepted:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s never reached the keyserver", what)
+		}
+	}
+
+	c.rotating.Lock()
+	<-send(noCGC)
+	wait("a request without the CGC, during a renewal,")
+	held := send(withCGC)
+	select {
+	case <-accepted:
+		t.Fatal("a request with the CGC went out during a renewal")
+	case <-time.After(200 * time.Millisecond):
+	}
+	c.rotating.Unlock()
+	wait("a request with the CGC, after the renewal,")
+	<-held
 }

@@ -35,7 +35,7 @@ var _ remote = httpRemote{}
 
 func (r httpRemote) grant(ctx context.Context, name string) (*api.GrantInfo, error) {
 	var g api.GrantInfo
-	if err := r.c.call(ctx, http.MethodGet, api.PathGrants+"/"+url.PathEscape(name), nil, &g, true); err != nil {
+	if err := r.c.call(ctx, http.MethodGet, api.PathGrants+"/"+url.PathEscape(name), nil, &g, withCGC); err != nil {
 		return nil, fmt.Errorf("keyclient: grant %s: %w", name, err)
 	}
 	return &g, nil
@@ -43,7 +43,7 @@ func (r httpRemote) grant(ctx context.Context, name string) (*api.GrantInfo, err
 
 func (r httpRemote) sign(ctx context.Context, grant, csrPEM string) (*api.CertificateResponse, error) {
 	var resp api.CertificateResponse
-	if err := r.c.call(ctx, http.MethodPost, api.PathSign+url.PathEscape(grant), api.SignRequest{CSR: csrPEM}, &resp, true); err != nil {
+	if err := r.c.call(ctx, http.MethodPost, api.PathSign+url.PathEscape(grant), api.SignRequest{CSR: csrPEM}, &resp, withCGC); err != nil {
 		return nil, fmt.Errorf("keyclient: sign %s: %w", grant, err)
 	}
 	return &resp, nil
@@ -52,7 +52,7 @@ func (r httpRemote) sign(ctx context.Context, grant, csrPEM string) (*api.Certif
 func (r httpRemote) static(ctx context.Context, name string) ([]byte, string, error) {
 	var body []byte
 	var digest string
-	err := r.c.roundTrip(ctx, http.MethodGet, api.PathStatic+url.PathEscape(name), nil, true, func(resp *http.Response) error {
+	err := r.c.roundTrip(ctx, http.MethodGet, api.PathStatic+url.PathEscape(name), nil, withCGC, func(resp *http.Response) error {
 		if resp.StatusCode/100 != 2 {
 			return api.ReadResponse(resp, 1<<20, nil) // an *api.Error
 		}

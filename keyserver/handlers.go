@@ -270,7 +270,11 @@ func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request, caller *adm
 		s.refuse(w, r, deny, err)
 		return
 	}
-	s.record(AuditEvent{Event: EventRenew, Actor: "node:" + issued.Node, Node: issued.Node, Serial: admission.SerialHex(issued.Cert), Remote: r.RemoteAddr, Reason: "replaces " + caller.Serial})
+	reason := "replaces " + caller.Serial
+	if caller.Retry {
+		reason = "repeats the renewal from " + caller.Serial + " for the same key"
+	}
+	s.record(AuditEvent{Event: EventRenew, Actor: "node:" + issued.Node, Node: issued.Node, Serial: admission.SerialHex(issued.Cert), Remote: r.RemoteAddr, Reason: reason})
 	writeJSON(w, http.StatusOK, certResponse(issued))
 }
 
@@ -402,16 +406,16 @@ func tokenInfo(r tokens.Record, now time.Time) api.TokenInfo {
 
 func nodeInfo(n admission.Node) api.NodeInfo {
 	return api.NodeInfo{
-		Name:       n.Name,
-		IPs:        n.IPs,
-		Groups:     n.Groups,
-		AdmittedAt: n.AdmittedAt,
-		Serial:     n.Serial,
-		NotAfter:   n.NotAfter,
-		NextSerial: n.Next,
-		Renewals:   n.Renewals,
-		RenewedAt:  n.RenewedAt,
-		Revoked:    n.Revoked,
-		RevokedAt:  n.RevokedAt,
+		Name:           n.Name,
+		IPs:            n.IPs,
+		Groups:         n.Groups,
+		AdmittedAt:     n.AdmittedAt,
+		Serial:         n.Serial,
+		NotAfter:       n.NotAfter,
+		PreviousSerial: n.Previous,
+		Renewals:       n.Renewals,
+		RenewedAt:      n.RenewedAt,
+		Revoked:        n.Revoked,
+		RevokedAt:      n.RevokedAt,
 	}
 }

@@ -1090,39 +1090,54 @@ func TestRequestBodies(t *testing.T) {
 			})
 		}
 	}
-	if info := h.self(t, n); info.NextSerial != "" || info.Renewals != 0 {
+	if info := h.self(t, n); info.PreviousSerial != "" || info.Renewals != 0 {
 		t.Errorf("refused renewals left a trace: %+v", info)
 	}
 }
 
-func TestRenewThenOldCGCIsSuperseded(t *testing.T) {
+// TestRenewSupersedesAtOnce: a renewal makes the new CGC current as it
+// issues it; the old one may then only repeat that renewal for the same
+// key (an answer lost in transit), and anything else it tries is refused
+// and audited as key theft.
+func TestRenewSupersedesAtOnce(t *testing.T) {
 	t.Parallel()
 	h := start(t, options{})
 	old := h.enroll(t, "web1")
 	next := h.renew(t, old)
-
-	// Until the new CGC is used, the old one still works (the renewal's
-	// answer may have been lost), and the node record names both.
-	if info := h.self(t, old); info.Serial != old.cgc.Serial || info.NextSerial != next.cgc.Serial || info.Renewals != 1 {
-		t.Errorf("before first use: %+v, want serial %s, next %s", info, old.cgc.Serial, next.cgc.Serial)
-	}
-	if info := h.self(t, next); info.Serial != next.cgc.Serial || info.NextSerial != "" {
-		t.Errorf("after first use: %+v, want serial %s alone", info, next.cgc.Serial)
+	if info := h.self(t, next); info.Serial != next.cgc.Serial || info.PreviousSerial != old.cgc.Serial || info.Renewals != 1 {
+		t.Errorf("after renewal: %+v, want serial %s, previous %s", info, next.cgc.Serial, old.cgc.Serial)
 	}
 	superseded := refusal{http.StatusForbidden, api.CodeCertSuperseded, keyserver.EventKeyTheft}
 	for _, ep := range []struct {
-		method, path string
-		body         []byte
+		name, method, path string
+		body               []byte
 	}{
-		{http.MethodGet, api.PathNode, nil},
-		{http.MethodPost, api.PathRenew, renewBody(t, newKey(t))},
+		{"node", http.MethodGet, api.PathNode, nil},
+		{"renew for another key", http.MethodPost, api.PathRenew, renewBody(t, newKey(t))},
+		{"renew for its own key", http.MethodPost, api.PathRenew, renewBody(t, old.key)},
 	} {
 		d := h.refused(t, h.nodeClient(t, old.key, old.cgc), ep.method, ep.path, ep.body, superseded)
 		if ev := d.event; ev.Node != "web1" || ev.Serial != old.cgc.Serial {
-			t.Errorf("%s %s: audited %+v, want web1's old serial %s", ep.method, ep.path, ev, old.cgc.Serial)
+			t.Errorf("%s: audited %+v, want web1's old serial %s", ep.name, ev, old.cgc.Serial)
 		}
 	}
-	h.renew(t, next) // the new one renews in turn
+
+	// The answer to the renewal was lost: the old CGC repeats it for the
+	// same key and gets a certificate for that key; the one lost is dead.
+	mark := h.mark(t)
+	resp, body := h.call(t, h.nodeClient(t, old.key, old.cgc), http.MethodPost, api.PathRenew, renewBody(t, next.key))
+	again := node{name: "web1", token: old.token, key: next.key, cgc: want[api.CertificateResponse](t, resp, body, http.StatusOK)}
+	h.checkCGC(t, again.cgc, "web1", next.key)
+	if ev := h.event(t, mark, keyserver.EventRenew); ev.Serial != again.cgc.Serial || !strings.Contains(ev.Reason, "repeats") {
+		t.Errorf("audited %+v, want a repeated renewal", ev)
+	}
+	if info := h.self(t, again); info.Serial != again.cgc.Serial || info.PreviousSerial != old.cgc.Serial || info.Renewals != 2 {
+		t.Errorf("after the repeat: %+v, want serial %s, previous %s", info, again.cgc.Serial, old.cgc.Serial)
+	}
+	h.refused(t, h.nodeClient(t, next.key, next.cgc), http.MethodGet, api.PathNode, nil, superseded)
+
+	h.renew(t, again) // the current one renews in turn, which retires old for good
+	h.refused(t, h.nodeClient(t, old.key, old.cgc), http.MethodPost, api.PathRenew, renewBody(t, next.key), superseded)
 }
 
 // TestNodeRefusals: the node endpoints accept only a node's current CGC.

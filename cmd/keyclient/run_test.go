@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"io"
@@ -356,10 +357,10 @@ func TestRenewalWithSupersededCGCIsRefused(t *testing.T) {
 	if _, err := c.Once(context.Background(), true); err != nil {
 		t.Fatal(err)
 	}
-	// The renewal was confirmed, so the older CGC is dead at the keyserver.
+	// The renewal made the new CGC current, so the older one is dead.
 	nodes, _ := r.srv.Admission().ListNodes(context.Background())
 	current, _ := c.State()
-	if nodes[0].Serial != admission.SerialHex(current) || nodes[0].Next != "" {
+	if nodes[0].Serial != admission.SerialHex(current) || nodes[0].Previous != admission.SerialHex(stolen) {
 		t.Fatalf("keyserver did not make the new CGC current: %+v", nodes[0])
 	}
 	_, err := r.srv.Admission().Authenticate(context.Background(), []*x509.Certificate{stolen})
@@ -451,5 +452,74 @@ func TestAdmissionRetryAfterLostAnswerGetsTheSameCGC(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(stateDir, keyclient.AdmissionKeyFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("admission key left behind after success: %v", err)
+	}
+}
+
+// TestRenewalRetryAfterLostAnswer: the keyserver renewed, but its answer
+// never arrived (here: the keyclient died before installing it). The old
+// CGC is superseded for everything but repeating that renewal, and the
+// keyclient repeats it with the key it wrote down first, so the node is
+// not locked out; the key is not used again afterwards.
+func TestRenewalRetryAfterLostAnswer(t *testing.T) {
+	r := setup(t)
+	stateDir := filepath.Join(t.TempDir(), "state")
+	inState := func(c *keyclient.Config) { c.StateDir = stateDir }
+	c := newClient(t, r, "web1", issue(t, r, "web1"), keyclient.Options{}, inState)
+	if _, err := c.Once(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	old, _ := c.State()
+	c.Close()
+
+	key, err := authority.GenerateKey(authority.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, _ := authority.EncodeKeyPEM(key)
+	if err := os.WriteFile(filepath.Join(stateDir, keyclient.RenewalKeyFile), keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adm := r.srv.Admission()
+	caller, err := adm.AuthenticateRenewal(context.Background(), []*x509.Certificate{old})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost, err := adm.Renew(context.Background(), caller, csr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adm.Authenticate(context.Background(), []*x509.Certificate{old}); !errors.Is(err, admission.ErrCertSuperseded) {
+		t.Fatalf("old CGC after the renewal: %v, want superseded", err)
+	}
+
+	c = newClient(t, r, "web1", "", keyclient.Options{}, inState)
+	rep, err := c.Once(context.Background(), true)
+	if err != nil || rep.Action != keyclient.ActionRenewed {
+		t.Fatalf("retry after a lost answer: %+v, %v", rep, err)
+	}
+	if !rep.Cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(key.Public()) {
+		t.Error("the retry was not for the key written down before the lost renewal")
+	}
+	if rep.Cert.SerialNumber.Cmp(lost.Cert.SerialNumber) == 0 {
+		t.Error("the retry got the lost certificate back; want a new one")
+	}
+	if n, _ := adm.Node(context.Background(), "web1"); n.Serial != admission.SerialHex(rep.Cert) || n.Previous != admission.SerialHex(old) {
+		t.Errorf("keyserver's record after the retry: %+v", n)
+	}
+	if _, err := os.Stat(filepath.Join(stateDir, keyclient.RenewalKeyFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("renewal key left behind after success: %v", err)
+	}
+
+	// The next renewal uses a new key.
+	rep2, err := c.Once(context.Background(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep2.Cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(key.Public()) {
+		t.Error("a second renewal reused the spent renewal key")
 	}
 }

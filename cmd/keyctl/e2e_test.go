@@ -298,7 +298,7 @@ func TestEndToEnd(t *testing.T) {
 	if second == first {
 		t.Fatal("renewal kept the serial")
 	}
-	if n := w.nodes()["web1"]; n.Serial != second || n.NextSerial != "" || n.Renewals != 1 {
+	if n := w.nodes()["web1"]; n.Serial != second || n.PreviousSerial != first || n.Renewals != 1 {
 		t.Fatalf("after renewal the keyserver has %+v, want current serial %s", n, second)
 	}
 

@@ -13,14 +13,11 @@ func cmdNodeList(e *env, args []string) error {
 	return listCommand(e, "node list", args, api.PathNodes, &list, func(w io.Writer) {
 		fmt.Fprintln(w, "NODE\tSTATE\tCGC SERIAL\tEXPIRES\tRENEWALS\tADMITTED")
 		for _, n := range list.Nodes {
-			state, serial := "active", n.Serial
+			state := "active"
 			if n.Revoked {
 				state = "revoked"
 			}
-			if n.NextSerial != "" {
-				serial += " (next " + n.NextSerial + ")"
-			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", n.Name, state, serial, n.NotAfter.Local().Format(time.RFC3339), n.Renewals, n.AdmittedAt.Local().Format(time.RFC3339))
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", n.Name, state, n.Serial, n.NotAfter.Local().Format(time.RFC3339), n.Renewals, n.AdmittedAt.Local().Format(time.RFC3339))
 		}
 	})
 }

@@ -185,11 +185,13 @@ type NodeInfo struct {
 	AdmittedAt time.Time `json:"admitted_at"`
 	Serial     string    `json:"serial"` // the current CGC's serial
 	NotAfter   time.Time `json:"not_after"`
-	NextSerial string    `json:"next_serial,omitempty"` // issued by a renewal, current once the node uses it
-	Renewals   int       `json:"renewals"`
-	RenewedAt  time.Time `json:"renewed_at,omitzero"`
-	Revoked    bool      `json:"revoked,omitempty"`
-	RevokedAt  time.Time `json:"revoked_at,omitzero"`
+	// PreviousSerial is the CGC the current one replaced, accepted only
+	// to repeat that renewal for the same key (an answer lost in transit).
+	PreviousSerial string    `json:"previous_serial,omitempty"`
+	Renewals       int       `json:"renewals"`
+	RenewedAt      time.Time `json:"renewed_at,omitzero"`
+	Revoked        bool      `json:"revoked,omitempty"`
+	RevokedAt      time.Time `json:"revoked_at,omitzero"`
 }
 
 // NodeList is the answer to GET PathNodes.

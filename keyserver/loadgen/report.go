@@ -10,7 +10,7 @@ import (
 )
 
 // Report is what a run measured. Operations count once whatever requests
-// they make: a renewal is POST /v1/renew and GET /v1/node with the new CGC.
+// they make, retries included.
 type Report struct {
 	Scenario    Scenario `json:"scenario"`
 	Server      string   `json:"server"`
@@ -94,7 +94,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	what := string(r.Scenario)
 	switch r.Scenario {
 	case Renew, Storm:
-		what += " (a renewal: POST /v1/renew, then GET /v1/node with the new CGC)"
+		what += " (POST /v1/renew with a fresh key)"
 	case Sign:
 		what += " (grant " + r.Grant + ")"
 	}

@@ -24,7 +24,6 @@ const (
 const (
 	KindTransport = "transport"  // no answer: connection, TLS or timeout
 	KindBadAnswer = "bad_answer" // a 2xx answer that is not what the API says
-	KindConfirm   = "confirm"    // the renewed CGC, used, is not the node's current one
 )
 
 // Failure is a failed operation with its kind, for counting.
