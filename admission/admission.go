@@ -12,6 +12,7 @@
 package admission
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -26,7 +27,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -90,39 +90,33 @@ type Config struct {
 type Service struct {
 	cfg    Config
 	limits atomic.Pointer[CGCLimits]
-
-	verifiedMu sync.Mutex
-	verified   map[[sha256.Size]byte]struct{} // CGCs whose chain has been verified
 }
 
-// maxVerified bounds the verified-CGC cache: one entry per node is
-// enough, and a full cache is simply started again.
-const maxVerified = 1 << 17
-
-// verify checks a CGC against the key-granting authority as of now. A
-// certificate's chain and signatures do not change, and the authority
-// never changes while the keyserver runs, so once verified, a CGC needs
-// only its validity period checked again: that spares an ECDSA
-// verification on every request a node makes after its first.
-func (s *Service) verify(leaf *x509.Certificate) error {
-	key := sha256.Sum256(leaf.Raw)
+// verify checks a CGC against the key-granting authority as of now.
+// issued is the SHA-256 (hex) of the CGC the node's record says it was
+// last given: when the presented one is exactly that certificate, the
+// keyserver wrote those bytes itself, so only their validity period needs
+// checking, which spares an ECDSA verification on every request a node
+// makes. Anything else is verified in full, and so is everything when the
+// key-granting authority is no longer the one that issued the CGC (an
+// authority replaced after a compromise must not keep its CGCs alive).
+func (s *Service) verify(leaf *x509.Certificate, issued string) error {
+	ka := s.cfg.KeyGranting.Issuer()
+	if issued == "" || issued != certHash(leaf) || len(ka.SubjectKeyId) == 0 || !bytes.Equal(leaf.AuthorityKeyId, ka.SubjectKeyId) {
+		return s.cfg.KeyGranting.Verify(leaf, x509.ExtKeyUsageClientAuth)
+	}
 	now := s.cfg.Now()
-	s.verifiedMu.Lock()
-	_, ok := s.verified[key]
-	s.verifiedMu.Unlock()
-	if ok && !now.Before(leaf.NotBefore) && !now.After(leaf.NotAfter) {
-		return nil
+	if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
+		return x509.CertificateInvalidError{Cert: leaf, Reason: x509.Expired,
+			Detail: fmt.Sprintf("current time %s is outside %s to %s", now.Format(time.RFC3339), leaf.NotBefore.Format(time.RFC3339), leaf.NotAfter.Format(time.RFC3339))}
 	}
-	if err := s.cfg.KeyGranting.Verify(leaf, x509.ExtKeyUsageClientAuth); err != nil {
-		return err
-	}
-	s.verifiedMu.Lock()
-	if s.verified == nil || len(s.verified) >= maxVerified {
-		s.verified = map[[sha256.Size]byte]struct{}{}
-	}
-	s.verified[key] = struct{}{}
-	s.verifiedMu.Unlock()
 	return nil
+}
+
+// certHash names a certificate in a node record.
+func certHash(c *x509.Certificate) string {
+	h := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(h[:])
 }
 
 // CGCLimits are the CGC settings a policy reload may change.
@@ -195,6 +189,9 @@ type Node struct {
 	// Key is the SHA-256 of the current CGC's public key (hex), the key a
 	// repeated renewal from Previous must ask for again.
 	Key string `json:"key,omitempty"`
+	// Cert is the SHA-256 of the current CGC (hex): the very certificate
+	// the keyserver issued, which needs no signature check when presented.
+	Cert string `json:"cert,omitempty"`
 	// Previous is the CGC the current one replaced. It is good for one
 	// thing only: repeating that renewal, for the same key, when the
 	// answer was lost.
@@ -405,6 +402,7 @@ func (s *Service) Admit(ctx context.Context, req AdmitRequest) (*Issued, error) 
 			Serial:     SerialHex(cert),
 			NotAfter:   cert.NotAfter,
 			Key:        hex.EncodeToString(spki[:]),
+			Cert:       certHash(cert),
 		}
 		rawRec, err := json.Marshal(redeemed)
 		if err != nil {
@@ -461,7 +459,22 @@ func (s *Service) authenticate(ctx context.Context, chain []*x509.Certificate, a
 		return nil, fmt.Errorf("%w: no certificate", ErrCertInvalid)
 	}
 	leaf := chain[0]
-	if err := s.verify(leaf); err != nil {
+	// The node's record is read first, for the certificate it was last
+	// given; a name that is not a node's, or no record, leaves verify to
+	// check the certificate in full, and its own error comes first.
+	name, err := NodeName(leaf)
+	var n Node
+	nodeErr := err
+	if err == nil {
+		raw, err := s.cfg.Store.Get(ctx, nodePrefix+name)
+		if errors.Is(err, store.ErrNotFound) {
+			raw = nil
+		} else if err != nil {
+			return nil, fmt.Errorf("admission: %w", err)
+		}
+		n, nodeErr = decodeNode(raw, name)
+	}
+	if err := s.verify(leaf, n.Cert); err != nil {
 		var inv x509.CertificateInvalidError
 		if !errors.As(err, &inv) || inv.Reason != x509.Expired {
 			return nil, fmt.Errorf("%w: %w", ErrCertInvalid, err)
@@ -476,19 +489,8 @@ func (s *Service) authenticate(ctx context.Context, chain []*x509.Certificate, a
 			return nil, fmt.Errorf("%w: %w", ErrCertInvalid, err)
 		}
 	}
-	name, err := NodeName(leaf)
-	if err != nil {
-		return nil, err
-	}
-	raw, err := s.cfg.Store.Get(ctx, nodePrefix+name)
-	if errors.Is(err, store.ErrNotFound) {
-		raw = nil
-	} else if err != nil {
-		return nil, fmt.Errorf("admission: %w", err)
-	}
-	n, err := decodeNode(raw, name)
-	if err != nil {
-		return nil, err
+	if nodeErr != nil {
+		return nil, nodeErr
 	}
 	serial := SerialHex(leaf)
 	retry, err := n.present(serial, renewal)
@@ -531,7 +533,7 @@ func (s *Service) Renew(ctx context.Context, caller *Caller, csrData []byte) (*I
 		if caller.Serial == n.Serial {
 			n.Previous, n.Key = n.Serial, key
 		}
-		n.Serial, n.NotAfter = SerialHex(cert), cert.NotAfter
+		n.Serial, n.NotAfter, n.Cert = SerialHex(cert), cert.NotAfter, certHash(cert)
 		n.Renewals++
 		n.RenewedAt = s.cfg.Now()
 		return json.Marshal(n)

@@ -523,6 +523,7 @@ func TestAdmit(t *testing.T) {
 		Serial:     serial,
 		NotAfter:   iss.Cert.NotAfter,
 		Key:        keyHash(t, key),
+		Cert:       sha256Hex(iss.Cert.Raw),
 	}
 	if got := e.node(t, web1); !reflect.DeepEqual(got, want) {
 		t.Errorf("node record\n got %+v\nwant %+v", got, want)
@@ -1140,7 +1141,11 @@ func keyHash(t *testing.T, key crypto.Signer) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := sha256.Sum256(der)
+	return sha256Hex(der)
+}
+
+func sha256Hex(b []byte) string {
+	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:])
 }
 
@@ -1273,7 +1278,7 @@ func TestReadmission(t *testing.T) {
 			if serial == admission.SerialHex(cert0) || serial == admission.SerialHex(next) {
 				t.Fatalf("re-admission reused serial %s", serial)
 			}
-			want := admission.Node{Name: web1, TokenID: tok.ID, AdmittedAt: e.now, Serial: serial, NotAfter: iss.Cert.NotAfter, Key: keyHash(t, key)}
+			want := admission.Node{Name: web1, TokenID: tok.ID, AdmittedAt: e.now, Serial: serial, NotAfter: iss.Cert.NotAfter, Key: keyHash(t, key), Cert: sha256Hex(iss.Cert.Raw)}
 			if got := e.node(t, web1); !reflect.DeepEqual(got, want) {
 				t.Errorf("node after re-admission\n got %+v\nwant %+v", got, want)
 			}
@@ -1547,17 +1552,42 @@ func TestAuthenticateRenewalAfterExpiry(t *testing.T) {
 
 // TestVerifiedCGCStillExpires: a CGC verified once (and so remembered)
 // is still refused once it has expired, or before it is valid.
-func TestVerifiedCGCStillExpires(t *testing.T) {
+// TestIssuedCGCStillExpires: the CGC a node record names is not verified
+// again when presented, but its validity period still is.
+func TestIssuedCGCStillExpires(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	cert := e.admit(t, e.issue(t, admission.TokenSpec{}), newKey(t)).Cert
-	e.auth(t, cert) // verified, remembered
-	e.auth(t, cert) // from memory
+	e.auth(t, cert)
 	for _, at := range []time.Time{cert.NotAfter.Add(time.Second), cert.NotBefore.Add(-time.Second)} {
 		e.now = at
 		refused(t, e.st, func() error {
 			_, err := e.svc.Authenticate(t.Context(), []*x509.Certificate{cert})
 			return err
 		}, admission.ErrCertExpired)
+	}
+}
+
+// TestReplacedAuthorityRefusesItsCGCs: the node records name the CGCs the
+// keyserver issued, but a CGC of a key-granting authority that has since
+// been replaced is verified in full, and refused.
+func TestReplacedAuthorityRefusesItsCGCs(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	cert := e.admit(t, e.issue(t, admission.TokenSpec{}), newKey(t)).Cert
+	e.auth(t, cert)
+	other, err := authority.Generate(authority.Config{Name: authority.KeyGranting, Now: e.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := admission.New(admission.Config{Store: e.st, KeyGranting: other, Now: e.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, auth := range []func(context.Context, []*x509.Certificate) (*admission.Caller, error){svc.Authenticate, svc.AuthenticateRenewal} {
+		refused(t, e.st, func() error {
+			_, err := auth(t.Context(), []*x509.Certificate{cert})
+			return err
+		}, admission.ErrCertInvalid)
 	}
 }

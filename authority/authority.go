@@ -253,6 +253,7 @@ type Authority struct {
 	under     bool          // made by GenerateUnder: the root is another authority's
 	roots     *x509.CertPool
 	interPool *x509.CertPool
+	issuers   *x509.CertPool // the issuing certificate alone, as Verify's anchor
 	now       func() time.Time
 	rand      io.Reader
 }
@@ -373,6 +374,8 @@ func (a *Authority) init(opts Options) {
 	for _, c := range a.chain {
 		a.interPool.AddCert(c)
 	}
+	a.issuers = x509.NewCertPool()
+	a.issuers.AddCert(a.issuer)
 }
 
 func signCA(r io.Reader, cn string, pub crypto.PublicKey, parent *x509.Certificate, key crypto.Signer, now, notAfter time.Time, pathLen int) (*x509.Certificate, error) {
@@ -612,12 +615,18 @@ func (a *Authority) Verify(cert *x509.Certificate, usage x509.ExtKeyUsage) error
 }
 
 // VerifyAt is Verify as of time t.
+//
+// The chain is built up to the issuing certificate, not the root: the
+// authority's own intermediate was checked against its root when it was
+// generated or loaded, so checking its signature again on every request
+// (every node's every TLS connection) would only cost an ECDSA
+// verification. Its validity period is still checked, and it expires no
+// later than the root.
 func (a *Authority) VerifyAt(cert *x509.Certificate, usage x509.ExtKeyUsage, t time.Time) error {
 	_, err := cert.Verify(x509.VerifyOptions{
-		Roots:         a.roots,
-		Intermediates: a.interPool,
-		CurrentTime:   t,
-		KeyUsages:     []x509.ExtKeyUsage{usage},
+		Roots:       a.issuers,
+		CurrentTime: t,
+		KeyUsages:   []x509.ExtKeyUsage{usage},
 	})
 	if err != nil {
 		return fmt.Errorf("authority: %s: %w", a.name, err)

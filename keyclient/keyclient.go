@@ -778,10 +778,10 @@ func (c *Client) roundTrip(ctx context.Context, method, path string, body []byte
 		}
 		tlsc.Certificates = []tls.Certificate{cred}
 	}
-	tr := &http.Transport{TLSClientConfig: tlsc, ForceAttemptHTTP2: true, DisableKeepAlives: true}
-	// DisableKeepAlives alone can leave an HTTP/2 connection open after its
-	// one request, which then holds up a keyserver's graceful shutdown for
-	// its full timeout; this transport is never used again, so close it.
+	// One request per connection, so HTTP/1.1: HTTP/2's connection
+	// preface, settings and window updates would cost both ends more
+	// than they save. The transport is never used again; close it.
+	tr := &http.Transport{TLSClientConfig: tlsc, DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Timeout: c.opts.RequestTimeout, Transport: tr}
 	var errs []error

@@ -179,11 +179,15 @@ func (s *Server) Admission() *admission.Service { return s.adm }
 // certificate served with the full chain up to the root (so a node holding
 // only the root's pin can find and check its anchor), and client
 // certificates requested but verified per endpoint, against the one
-// authority that endpoint trusts.
+// authority that endpoint trusts. No session tickets: a resumed session
+// would carry a client certificate that may since have been superseded
+// or revoked, and nodes and keyctl never resume anyway, so the ticket
+// each handshake would seal and send is wasted work.
 func (s *Server) TLSConfig() *tls.Config {
 	return &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		ClientAuth: tls.RequestClientCert,
+		MinVersion:             tls.VersionTLS13,
+		SessionTicketsDisabled: true,
+		ClientAuth:             tls.RequestClientCert,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return s.serverCertificate()
 		},

@@ -176,11 +176,12 @@ type node struct {
 }
 
 type gen struct {
-	cfg       Config
-	roots     *x509.CertPool // the keyserver's TLS root
-	admin     *http.Client
-	kgRoot    *x509.Certificate // the key-granting root, as the keyserver serves it
-	grantRoot *x509.Certificate // sign: the grant's root, pinned by the first answer
+	cfg                     Config
+	roots                   *x509.CertPool // the keyserver's TLS root
+	admin                   *http.Client
+	kgRoot                  *x509.Certificate // the key-granting root, as the keyserver serves it
+	grantRoot               *x509.Certificate // sign: the grant's root, pinned by the first answer
+	kgIssuers, grantIssuers Issuers           // intermediates verified under each root
 
 	mu      sync.Mutex
 	retries map[string]int
@@ -565,7 +566,7 @@ func (g *gen) checkCGC(n *node, key crypto.Signer, resp *api.CertificateResponse
 	if resp.Node != n.name {
 		return nil, fail(KindName, "answer for node %q, want %q", resp.Node, n.name)
 	}
-	leaf, chain, err := Verify(resp.Certificate, resp.Chain, Expect{Root: g.kgRoot, Node: n.name, CGC: true, Key: key.Public(), Now: g.cfg.Clock.Now()})
+	leaf, chain, err := Verify(resp.Certificate, resp.Chain, Expect{Root: g.kgRoot, Node: n.name, CGC: true, Key: key.Public(), Now: g.cfg.Clock.Now(), Issuers: &g.kgIssuers})
 	if err != nil {
 		return nil, err
 	}
@@ -584,7 +585,7 @@ func (g *gen) checkGrant(n *node, key crypto.Signer, resp *api.CertificateRespon
 	if root, err := parsePEM(resp.Root); err != nil || len(root) != 1 || !root[0].Equal(g.grantRoot) {
 		return fail(KindChain, "the answer names another root than the grant's first answer did")
 	}
-	_, _, err := Verify(resp.Certificate, resp.Chain, Expect{Root: g.grantRoot, Node: n.name, Key: key.Public(), Now: g.cfg.Clock.Now()})
+	_, _, err := Verify(resp.Certificate, resp.Chain, Expect{Root: g.grantRoot, Node: n.name, Key: key.Public(), Now: g.cfg.Clock.Now(), Issuers: &g.grantIssuers})
 	return err
 }
 
@@ -605,13 +606,13 @@ func newKey() (crypto.Signer, string, error) {
 // transport is a new transport for one request: a new TLS 1.3 connection
 // trusting only the keyserver's root, no keep-alive, and no session cache
 // (a new tls.Config each time, ClientSessionCache nil), so no resumption.
-// HTTP/2 as the keyclient speaks it.
+// HTTP/1.1, as the keyclient speaks it.
 func (g *gen) transport(cred *tls.Certificate) *http.Transport {
 	tc := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: g.roots}
 	if cred != nil {
 		tc.Certificates = []tls.Certificate{*cred}
 	}
-	return &http.Transport{TLSClientConfig: tc, DisableKeepAlives: true, ForceAttemptHTTP2: true}
+	return &http.Transport{TLSClientConfig: tc, DisableKeepAlives: true}
 }
 
 // request sends one API request on a new connection, presenting cred when

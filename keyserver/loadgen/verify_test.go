@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"net/url"
 	"testing"
@@ -105,19 +106,35 @@ func TestVerify(t *testing.T) {
 		{"no certificate", "", chain, cgc, false, KindParse},
 		{"two certificates", pemOf(kg.inter) + pemOf(kg.inter), chain, cgc, false, KindParse},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			leaf, _, err := Verify(tt.cert, tt.chain, tt.want)
-			if tt.wantOK {
-				if err != nil || leaf == nil {
-					t.Fatalf("Verify: %v", err)
+	tests = append(tests, struct {
+		name   string
+		cert   string
+		chain  string
+		want   Expect
+		wantOK bool
+		kind   string
+	}{"an intermediate verified under another root", kg.leaf(t, node, []string{NodeURI(node)}, nil, nodeKey.Public()), chain, Expect{Root: other.root, Node: node, CGC: true, Key: nodeKey.Public(), Now: now}, false, KindChain})
+	// Without a cache, and with one the good cases fill first: the
+	// answers must be the same.
+	for _, cache := range []*Issuers{nil, {}} {
+		for _, tt := range tests {
+			t.Run(fmt.Sprintf("%s/cache=%v", tt.name, cache != nil), func(t *testing.T) {
+				tt.want.Issuers = cache
+				leaf, _, err := Verify(tt.cert, tt.chain, tt.want)
+				if tt.wantOK {
+					if err != nil || leaf == nil {
+						t.Fatalf("Verify: %v", err)
+					}
+					return
 				}
-				return
-			}
-			var f *Failure
-			if !errors.As(err, &f) || f.Kind != tt.kind {
-				t.Fatalf("Verify = %v, want a failure of kind %s", err, tt.kind)
-			}
-		})
+				var f *Failure
+				if !errors.As(err, &f) || f.Kind != tt.kind {
+					t.Fatalf("Verify = %v, want a failure of kind %s", err, tt.kind)
+				}
+			})
+		}
+		if cache != nil && len(cache.pools) != 1 {
+			t.Errorf("cache holds %d intermediates, want keygranting's alone", len(cache.pools))
+		}
 	}
 }
