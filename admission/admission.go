@@ -39,6 +39,7 @@ import (
 type Store interface {
 	Get(ctx context.Context, key string) ([]byte, error)
 	List(ctx context.Context, prefix string) ([]store.KV, error)
+	ListPage(ctx context.Context, prefix, after string, limit int) ([]store.KV, error)
 	Txn(ctx context.Context, conds []store.Cond, ops []store.Op) error
 }
 
@@ -605,7 +606,32 @@ func (s *Service) Node(ctx context.Context, name string) (Node, error) {
 
 // ListNodes returns every node in the inventory, sorted by name.
 func (s *Service) ListNodes(ctx context.Context) ([]Node, error) {
-	kvs, err := s.cfg.Store.List(ctx, nodePrefix)
+	var all []Node
+	for after := ""; ; {
+		nodes, err := s.ListNodesPage(ctx, after, listPage)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, nodes...)
+		if len(nodes) < listPage {
+			return all, nil
+		}
+		after = nodes[len(nodes)-1].Name
+	}
+}
+
+// listPage is how many records ListNodes reads at a time.
+const listPage = 1000
+
+// ListNodesPage is ListNodes in pages: up to limit nodes whose names
+// come after after ("" for the first page), by name. A short page is the
+// last.
+func (s *Service) ListNodesPage(ctx context.Context, after string, limit int) ([]Node, error) {
+	start := ""
+	if after != "" {
+		start = nodePrefix + after
+	}
+	kvs, err := s.cfg.Store.ListPage(ctx, nodePrefix, start, limit)
 	if err != nil {
 		return nil, fmt.Errorf("admission: list nodes: %w", err)
 	}
@@ -669,27 +695,36 @@ func (s *Service) RevokeNode(ctx context.Context, name string) (Node, error) {
 // Prune deletes token records that can no longer be redeemed nor replayed,
 // and returns how many it removed.
 func (s *Service) Prune(ctx context.Context) (int, error) {
-	kvs, err := s.cfg.Store.List(ctx, tokenPrefix)
-	if err != nil {
-		return 0, fmt.Errorf("admission: prune: %w", err)
-	}
 	now, n := s.cfg.Now(), 0
-	for _, kv := range kvs {
-		var r tokens.Record
-		if err := json.Unmarshal(kv.Value, &r); err != nil || !r.Prunable(now, s.cfg.Grace) {
-			continue
-		}
-		err := s.cfg.Store.Txn(ctx, []store.Cond{{Key: kv.Key, Value: kv.Value}}, []store.Op{{Key: kv.Key, Delete: true}})
-		if errors.Is(err, store.ErrConflict) {
-			continue // changed under us; the next round looks again
-		}
+	// In pages, so that a store of many tokens is never all in memory.
+	for after := ""; ; {
+		kvs, err := s.cfg.Store.ListPage(ctx, tokenPrefix, after, prunePage)
 		if err != nil {
 			return n, fmt.Errorf("admission: prune: %w", err)
 		}
-		n++
+		for _, kv := range kvs {
+			var r tokens.Record
+			if err := json.Unmarshal(kv.Value, &r); err != nil || !r.Prunable(now, s.cfg.Grace) {
+				continue
+			}
+			err := s.cfg.Store.Txn(ctx, []store.Cond{{Key: kv.Key, Value: kv.Value}}, []store.Op{{Key: kv.Key, Delete: true}})
+			if errors.Is(err, store.ErrConflict) {
+				continue // changed under us; the next round looks again
+			}
+			if err != nil {
+				return n, fmt.Errorf("admission: prune: %w", err)
+			}
+			n++
+		}
+		if len(kvs) < prunePage {
+			return n, nil
+		}
+		after = kvs[len(kvs)-1].Key
 	}
-	return n, nil
 }
+
+// prunePage is how many token records Prune reads at a time.
+const prunePage = 512
 
 func (s *Service) signCGC(node string, csr *x509.CertificateRequest) (*x509.Certificate, error) {
 	cert, err := s.cfg.KeyGranting.Sign(authority.Request{

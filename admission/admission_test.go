@@ -1591,3 +1591,26 @@ func TestReplacedAuthorityRefusesItsCGCs(t *testing.T) {
 		}, admission.ErrCertInvalid)
 	}
 }
+
+// TestPruneInPages: Prune reads the tokens a page at a time and still
+// finds every dead one, and only those.
+func TestPruneInPages(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const dead, live = 1100, 3 // more than two pages
+	for i := range dead {
+		e.issue(t, admission.TokenSpec{Node: fmt.Sprintf("n%04d.example", i), TTL: time.Minute})
+	}
+	for i := range live {
+		e.issue(t, admission.TokenSpec{Node: fmt.Sprintf("z%d.example", i), TTL: 2 * time.Hour})
+	}
+	e.advance(time.Hour)
+	n, err := e.svc.Prune(t.Context())
+	if err != nil || n != dead {
+		t.Fatalf("Prune = %d, %v; want %d", n, err, dead)
+	}
+	left, err := e.svc.ListTokens(t.Context())
+	if err != nil || len(left) != live {
+		t.Fatalf("after Prune %d tokens left (%v), want %d", len(left), err, live)
+	}
+}

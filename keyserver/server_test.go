@@ -15,6 +15,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -108,13 +109,13 @@ func (s *gatedStore) Get(ctx context.Context, key string) ([]byte, error) {
 	return s.Memory.Get(ctx, key)
 }
 
-func (s *gatedStore) List(ctx context.Context, prefix string) ([]store.KV, error) {
+func (s *gatedStore) ListPage(ctx context.Context, prefix, after string, limit int) ([]store.KV, error) {
 	defer func() {
 		if prefix == "tokens/" {
 			s.once.Do(func() { close(s.pruned) })
 		}
 	}()
-	return s.Memory.List(ctx, prefix)
+	return s.Memory.ListPage(ctx, prefix, after, limit)
 }
 
 // notifyListener reports when the server closes it.
@@ -1238,5 +1239,32 @@ func TestServeDrainsOnCancel(t *testing.T) {
 	if c, err := net.Dial("tcp", h.addr); err == nil {
 		c.Close()
 		t.Error("the listener still accepts connections after Serve returned")
+	}
+}
+
+// TestNodeListStreamsPages: the inventory is sent a page (1,000) at a
+// time; the answer is one JSON document holding every node, in order.
+func TestNodeListStreamsPages(t *testing.T) {
+	t.Parallel()
+	h := start(t, options{})
+	const n = 2345
+	for i := range n {
+		rec, err := json.Marshal(admission.Node{Name: fmt.Sprintf("n%05d.example", i), Serial: fmt.Sprintf("%032x", i), TokenID: "t"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := store.Put(t.Context(), h.store, fmt.Sprintf("nodes/n%05d.example", i), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, body := h.call(t, h.admin, http.MethodGet, api.PathNodes, nil)
+	nodes := want[api.NodeList](t, resp, body, http.StatusOK).Nodes
+	if len(nodes) != n {
+		t.Fatalf("%d nodes listed, want %d", len(nodes), n)
+	}
+	for i, got := range nodes {
+		if name := fmt.Sprintf("n%05d.example", i); got.Name != name || got.Serial != fmt.Sprintf("%032x", i) {
+			t.Fatalf("node %d: %+v, want %s", i, got, name)
+		}
 	}
 }

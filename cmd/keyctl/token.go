@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -77,9 +78,15 @@ func listCommand(e *env, name string, args []string, path string, out any, table
 	if *asJSON {
 		return printJSON(e, out)
 	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	// Buffered: a fleet's listing is 100,000 lines, which tabwriter
+	// would otherwise hand to the terminal a cell at a time.
+	bw := bufio.NewWriterSize(e.stdout, 64<<10)
+	tw := tabwriter.NewWriter(bw, 0, 4, 2, ' ', 0)
 	table(tw)
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return bw.Flush()
 }
 
 func cmdTokenRevoke(e *env, args []string) error {

@@ -94,6 +94,12 @@ func (s *Bolt) Get(ctx context.Context, key string) ([]byte, error) {
 
 // List returns the pairs whose key starts with prefix, sorted by key.
 func (s *Bolt) List(ctx context.Context, prefix string) ([]KV, error) {
+	return s.ListPage(ctx, prefix, "", 0)
+}
+
+// ListPage returns up to limit (0: no limit) of the pairs whose key
+// starts with prefix and comes after after, sorted by key.
+func (s *Bolt) ListPage(ctx context.Context, prefix, after string, limit int) ([]KV, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
@@ -101,7 +107,14 @@ func (s *Bolt) List(ctx context.Context, prefix string) ([]KV, error) {
 	err := s.db.View(func(tx *bolt.Tx) error {
 		p := []byte(prefix)
 		c := tx.Bucket(bucket).Cursor()
-		for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+		start := p
+		if after > prefix {
+			start = []byte(after)
+		}
+		for k, v := c.Seek(start); k != nil && bytes.HasPrefix(k, p) && (limit <= 0 || len(kvs) < limit); k, v = c.Next() {
+			if string(k) == after {
+				continue
+			}
 			kvs = append(kvs, KV{Key: string(k), Value: clone(v)})
 		}
 		return nil

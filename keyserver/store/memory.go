@@ -42,6 +42,12 @@ func (s *Memory) Get(ctx context.Context, key string) ([]byte, error) {
 
 // List returns the pairs whose key starts with prefix, sorted by key.
 func (s *Memory) List(ctx context.Context, prefix string) ([]KV, error) {
+	return s.ListPage(ctx, prefix, "", 0)
+}
+
+// ListPage returns up to limit (0: no limit) of the pairs whose key
+// starts with prefix and comes after after, sorted by key.
+func (s *Memory) ListPage(ctx context.Context, prefix, after string, limit int) ([]KV, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
@@ -49,11 +55,14 @@ func (s *Memory) List(ctx context.Context, prefix string) ([]KV, error) {
 	defer s.mu.RUnlock()
 	var kvs []KV
 	for k, v := range s.m {
-		if strings.HasPrefix(k, prefix) {
+		if strings.HasPrefix(k, prefix) && k > after {
 			kvs = append(kvs, KV{Key: k, Value: clone(v)})
 		}
 	}
 	slices.SortFunc(kvs, func(a, b KV) int { return strings.Compare(a.Key, b.Key) })
+	if limit > 0 && len(kvs) > limit {
+		kvs = kvs[:limit]
+	}
 	return kvs, nil
 }
 

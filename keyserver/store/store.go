@@ -63,6 +63,9 @@ type Op struct {
 type Store interface {
 	Get(ctx context.Context, key string) ([]byte, error)
 	List(ctx context.Context, prefix string) ([]KV, error)
+	// ListPage is List in pages: at most limit pairs, those whose key
+	// comes after after ("" for the first page). A short page is the last.
+	ListPage(ctx context.Context, prefix, after string, limit int) ([]KV, error)
 	Txn(ctx context.Context, conds []Cond, ops []Op) error
 	Close() error
 }

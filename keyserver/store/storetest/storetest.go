@@ -207,6 +207,33 @@ func testList(t *testing.T, s store.Store) {
 		if !slices.Equal(got, tc.want) {
 			t.Errorf("List(%q) keys = %q, want %q", tc.prefix, got, tc.want)
 		}
+		// Paged, the same pairs in the same order, whatever the page size.
+		for _, limit := range []int{1, 2, 3, 100} {
+			var paged []string
+			for after := ""; ; {
+				kvs, err := s.ListPage(ctx, tc.prefix, after, limit)
+				if err != nil {
+					t.Fatalf("ListPage(%q, %q, %d): %v", tc.prefix, after, limit, err)
+				}
+				if len(kvs) > limit {
+					t.Fatalf("ListPage(%q, %q, %d) gave %d pairs", tc.prefix, after, limit, len(kvs))
+				}
+				for _, kv := range kvs {
+					paged = append(paged, kv.Key)
+				}
+				if len(kvs) < limit {
+					break
+				}
+				after = kvs[len(kvs)-1].Key
+			}
+			if !slices.Equal(paged, tc.want) {
+				t.Errorf("ListPage(%q) by %d = %q, want %q", tc.prefix, limit, paged, tc.want)
+			}
+		}
+	}
+	// A page may start after a key that is not there.
+	if kvs, err := s.ListPage(ctx, "nodes/", "nodes/aa", 2); err != nil || len(kvs) != 2 || kvs[0].Key != "nodes/b" || kvs[1].Key != "nodes/c" {
+		t.Errorf("ListPage(nodes/, after nodes/aa, 2) = %v, %v; want nodes/b, nodes/c", kvs, err)
 	}
 }
 
