@@ -82,14 +82,15 @@ func TestVerify(t *testing.T) {
 	cgc := Expect{Root: kg.root, Node: node, CGC: true, Key: nodeKey.Public(), Now: now}
 	grant := Expect{Root: kg.root, Node: node, Key: nodeKey.Public(), Now: now}
 	chain := pemOf(kg.inter)
-	tests := []struct {
+	type verifyCase struct {
 		name   string
 		cert   string
 		chain  string
 		want   Expect
 		wantOK bool
 		kind   string
-	}{
+	}
+	tests := []verifyCase{
 		{"good CGC", kg.leaf(t, node, []string{NodeURI(node)}, nil, nodeKey.Public()), chain, cgc, true, ""},
 		{"good grant by CN", kg.leaf(t, node, nil, nil, nodeKey.Public()), chain, grant, true, ""},
 		{"good grant by DNS name", kg.leaf(t, "service", nil, []string{"x", node}, nodeKey.Public()), chain, grant, true, ""},
@@ -106,14 +107,7 @@ func TestVerify(t *testing.T) {
 		{"no certificate", "", chain, cgc, false, KindParse},
 		{"two certificates", pemOf(kg.inter) + pemOf(kg.inter), chain, cgc, false, KindParse},
 	}
-	tests = append(tests, struct {
-		name   string
-		cert   string
-		chain  string
-		want   Expect
-		wantOK bool
-		kind   string
-	}{"an intermediate verified under another root", kg.leaf(t, node, []string{NodeURI(node)}, nil, nodeKey.Public()), chain, Expect{Root: other.root, Node: node, CGC: true, Key: nodeKey.Public(), Now: now}, false, KindChain})
+	tests = append(tests, verifyCase{"an intermediate verified under another root", kg.leaf(t, node, []string{NodeURI(node)}, nil, nodeKey.Public()), chain, Expect{Root: other.root, Node: node, CGC: true, Key: nodeKey.Public(), Now: now}, false, KindChain})
 	// Without a cache, and with one the good cases fill first: the
 	// answers must be the same.
 	for _, cache := range []*Issuers{nil, {}} {
