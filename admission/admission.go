@@ -2,8 +2,8 @@
 // into a certificate-granting certificate (CGC), and a current CGC into its
 // successor. It also keeps the node inventory and the rules that go with it:
 // one current CGC serial per node (the one it replaced good only to repeat
-// that renewal), revoked
-// nodes refused at once, tokens that die with their node.
+// that renewal), revoked nodes refused at once, tokens that die with their
+// node.
 //
 // The identity in a CGC comes only from the token the keyserver issued, never
 // from anything the node sends; the node's CSR contributes its public key and
@@ -38,7 +38,6 @@ import (
 // Store is what admission needs of the keyserver's storage.
 type Store interface {
 	Get(ctx context.Context, key string) ([]byte, error)
-	List(ctx context.Context, prefix string) ([]store.KV, error)
 	ListPage(ctx context.Context, prefix, after string, limit int) ([]store.KV, error)
 	Txn(ctx context.Context, conds []store.Cond, ops []store.Op) error
 }
@@ -275,20 +274,28 @@ func (s *Service) IssueToken(ctx context.Context, spec TokenSpec) (tokens.Token,
 
 // ListTokens returns every stored token record, without secrets' hashes.
 func (s *Service) ListTokens(ctx context.Context) ([]tokens.Record, error) {
-	kvs, err := s.cfg.Store.List(ctx, tokenPrefix)
-	if err != nil {
-		return nil, fmt.Errorf("admission: list tokens: %w", err)
-	}
-	out := make([]tokens.Record, 0, len(kvs))
-	for _, kv := range kvs {
+	var out []tokens.Record
+	err := s.eachToken(ctx, func(r tokens.Record) error {
+		out = append(out, r.Redacted())
+		return nil
+	})
+	return out, err
+}
+
+// eachToken calls fn for every token record, a page at a time.
+func (s *Service) eachToken(ctx context.Context, fn func(tokens.Record) error) error {
+	return store.Each(ctx, s.cfg.Store, tokenPrefix, pageSize, func(kv store.KV) error {
 		var r tokens.Record
 		if err := json.Unmarshal(kv.Value, &r); err != nil {
-			return nil, fmt.Errorf("admission: token %s: %w", kv.Key, err)
+			return fmt.Errorf("admission: token %s: %w", kv.Key, err)
 		}
-		out = append(out, r.Redacted())
-	}
-	return out, nil
+		return fn(r)
+	})
 }
+
+// pageSize is how many records the listings read from the store at a
+// time.
+const pageSize = 1000
 
 // RevokeToken revokes a pending token; it returns ErrNotFound for an unknown
 // id, and ErrInvalid for a token already redeemed.
@@ -402,7 +409,7 @@ func (s *Service) Admit(ctx context.Context, req AdmitRequest) (*Issued, error) 
 			AdmittedAt: attempt.Now,
 			Serial:     SerialHex(cert),
 			NotAfter:   cert.NotAfter,
-			Key:        hex.EncodeToString(spki[:]),
+			Key:        keyHash(csr),
 			Cert:       certHash(cert),
 		}
 		rawRec, err := json.Marshal(redeemed)
@@ -607,43 +614,24 @@ func (s *Service) Node(ctx context.Context, name string) (Node, error) {
 // ListNodes returns every node in the inventory, sorted by name.
 func (s *Service) ListNodes(ctx context.Context) ([]Node, error) {
 	var all []Node
-	for after := ""; ; {
-		nodes, err := s.ListNodesPage(ctx, after, listPage)
-		if err != nil {
-			return nil, err
-		}
-		all = append(all, nodes...)
-		if len(nodes) < listPage {
-			return all, nil
-		}
-		after = nodes[len(nodes)-1].Name
-	}
+	err := s.EachNode(ctx, func(n Node) error {
+		all = append(all, n)
+		return nil
+	})
+	return all, err
 }
 
-// listPage is how many records ListNodes reads at a time.
-const listPage = 1000
-
-// ListNodesPage is ListNodes in pages: up to limit nodes whose names
-// come after after ("" for the first page), by name. A short page is the
-// last.
-func (s *Service) ListNodesPage(ctx context.Context, after string, limit int) ([]Node, error) {
-	start := ""
-	if after != "" {
-		start = nodePrefix + after
-	}
-	kvs, err := s.cfg.Store.ListPage(ctx, nodePrefix, start, limit)
-	if err != nil {
-		return nil, fmt.Errorf("admission: list nodes: %w", err)
-	}
-	out := make([]Node, 0, len(kvs))
-	for _, kv := range kvs {
+// EachNode calls fn for every node in the inventory, by name, reading the
+// store a page at a time: a fleet of 100,000 is never all in memory. An
+// error from fn stops it and is returned as it is.
+func (s *Service) EachNode(ctx context.Context, fn func(Node) error) error {
+	return store.Each(ctx, s.cfg.Store, nodePrefix, pageSize, func(kv store.KV) error {
 		var n Node
 		if err := json.Unmarshal(kv.Value, &n); err != nil {
-			return nil, fmt.Errorf("admission: %s: %w", kv.Key, err)
+			return fmt.Errorf("admission: %s: %w", kv.Key, err)
 		}
-		out = append(out, n)
-	}
-	return out, nil
+		return fn(n)
+	})
 }
 
 // RevokeNode marks a node revoked, so every CGC it holds stops working at
@@ -655,18 +643,19 @@ func (s *Service) ListNodesPage(ctx context.Context, after string, limit int) ([
 // first came up) is recorded as a revoked node; a name with neither is
 // ErrNotFound and changes nothing. Revoking a revoked node is not an error.
 func (s *Service) RevokeNode(ctx context.Context, name string) (Node, error) {
-	recs, err := s.ListTokens(ctx)
+	revoked := 0
+	err := s.eachToken(ctx, func(r tokens.Record) error {
+		if r.Node != name || r.State != tokens.StatePending {
+			return nil
+		}
+		if _, err := s.RevokeToken(ctx, r.ID); err != nil && !errors.Is(err, ErrInvalid) {
+			return err
+		}
+		revoked++
+		return nil
+	})
 	if err != nil {
 		return Node{}, err
-	}
-	revoked := 0
-	for _, r := range recs {
-		if r.Node == name && r.State == tokens.StatePending {
-			if _, err := s.RevokeToken(ctx, r.ID); err != nil && !errors.Is(err, ErrInvalid) {
-				return Node{}, err
-			}
-			revoked++
-		}
 	}
 	var out Node
 	err = s.update(ctx, nodePrefix+name, func(raw []byte) ([]byte, error) {
@@ -696,35 +685,25 @@ func (s *Service) RevokeNode(ctx context.Context, name string) (Node, error) {
 // and returns how many it removed.
 func (s *Service) Prune(ctx context.Context) (int, error) {
 	now, n := s.cfg.Now(), 0
-	// In pages, so that a store of many tokens is never all in memory.
-	for after := ""; ; {
-		kvs, err := s.cfg.Store.ListPage(ctx, tokenPrefix, after, prunePage)
-		if err != nil {
-			return n, fmt.Errorf("admission: prune: %w", err)
+	err := store.Each(ctx, s.cfg.Store, tokenPrefix, pageSize, func(kv store.KV) error {
+		var r tokens.Record
+		if err := json.Unmarshal(kv.Value, &r); err != nil || !r.Prunable(now, s.cfg.Grace) {
+			return nil
 		}
-		for _, kv := range kvs {
-			var r tokens.Record
-			if err := json.Unmarshal(kv.Value, &r); err != nil || !r.Prunable(now, s.cfg.Grace) {
-				continue
-			}
-			err := s.cfg.Store.Txn(ctx, []store.Cond{{Key: kv.Key, Value: kv.Value}}, []store.Op{{Key: kv.Key, Delete: true}})
-			if errors.Is(err, store.ErrConflict) {
-				continue // changed under us; the next round looks again
-			}
-			if err != nil {
-				return n, fmt.Errorf("admission: prune: %w", err)
-			}
+		err := s.cfg.Store.Txn(ctx, []store.Cond{{Key: kv.Key, Value: kv.Value}}, []store.Op{{Key: kv.Key, Delete: true}})
+		if errors.Is(err, store.ErrConflict) {
+			return nil // changed under us; the next round looks again
+		}
+		if err == nil {
 			n++
 		}
-		if len(kvs) < prunePage {
-			return n, nil
-		}
-		after = kvs[len(kvs)-1].Key
+		return err
+	})
+	if err != nil {
+		return n, fmt.Errorf("admission: prune: %w", err)
 	}
+	return n, nil
 }
-
-// prunePage is how many token records Prune reads at a time.
-const prunePage = 512
 
 func (s *Service) signCGC(node string, csr *x509.CertificateRequest) (*x509.Certificate, error) {
 	cert, err := s.cfg.KeyGranting.Sign(authority.Request{

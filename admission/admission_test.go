@@ -1597,7 +1597,7 @@ func TestReplacedAuthorityRefusesItsCGCs(t *testing.T) {
 func TestPruneInPages(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	const dead, live = 1100, 3 // more than two pages
+	const dead, live = 1100, 3 // more than one page
 	for i := range dead {
 		e.issue(t, admission.TokenSpec{Node: fmt.Sprintf("n%04d.example", i), TTL: time.Minute})
 	}

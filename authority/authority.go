@@ -244,18 +244,17 @@ type Options struct {
 // Authority signs certificates with its issuer key: the intermediate's when
 // there is one, the root's otherwise.
 type Authority struct {
-	name      string
-	root      *x509.Certificate
-	issuer    *x509.Certificate
-	chain     []*x509.Certificate // from the issuer up to, not including, the root
-	signer    crypto.Signer
-	rootKey   crypto.Signer // nil when loaded with an intermediate
-	under     bool          // made by GenerateUnder: the root is another authority's
-	roots     *x509.CertPool
-	interPool *x509.CertPool
-	issuers   *x509.CertPool // the issuing certificate alone, as Verify's anchor
-	now       func() time.Time
-	rand      io.Reader
+	name    string
+	root    *x509.Certificate
+	issuer  *x509.Certificate
+	chain   []*x509.Certificate // from the issuer up to, not including, the root
+	signer  crypto.Signer
+	rootKey crypto.Signer // nil when loaded with an intermediate
+	under   bool          // made by GenerateUnder: the root is another authority's
+	roots   *x509.CertPool
+	issuers *x509.CertPool // the issuing certificate alone, as Verify's anchor
+	now     func() time.Time
+	rand    io.Reader
 }
 
 func (o *Options) fill() {
@@ -370,10 +369,6 @@ func (a *Authority) init(opts Options) {
 	a.now, a.rand = opts.Now, opts.Rand
 	a.roots = x509.NewCertPool()
 	a.roots.AddCert(a.root)
-	a.interPool = x509.NewCertPool()
-	for _, c := range a.chain {
-		a.interPool.AddCert(c)
-	}
 	a.issuers = x509.NewCertPool()
 	a.issuers.AddCert(a.issuer)
 }

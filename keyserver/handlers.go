@@ -351,43 +351,38 @@ func (s *Server) handleTokenRevoke(w http.ResponseWriter, r *http.Request, admin
 	writeJSON(w, http.StatusOK, tokenInfo(rec, s.cfg.Now()))
 }
 
-// handleNodeList streams the inventory a page at a time, so that a
-// fleet of 100,000 nodes is never all in the keyserver's memory at once.
-// A store failure after the first page can only cut the answer short,
-// which the client sees as JSON that does not parse.
+// handleNodeList streams the inventory as the store gives it, a page at a
+// time, so that a fleet of 100,000 nodes is never all in the keyserver's
+// memory at once. A store failure before the first node is an error
+// answer; after it, it can only cut the answer short, which the client
+// sees as JSON that does not parse.
 func (s *Server) handleNodeList(w http.ResponseWriter, r *http.Request, admin string) {
-	const page = 1000
-	nodes, err := s.adm.ListNodesPage(r.Context(), "", page)
-	if err != nil {
-		s.refuse(w, r, AuditEvent{Event: EventAdminDeny, Actor: "admin:" + admin}, err)
-		return
-	}
-	w.Header().Set("Content-Type", api.ContentJSON)
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusOK)
 	bw := bufio.NewWriterSize(w, 64<<10)
 	enc := json.NewEncoder(bw)
-	bw.WriteString(`{"nodes":[`)
-	for first := true; ; {
-		for _, n := range nodes {
-			if !first {
-				bw.WriteByte(',')
-			}
-			first = false
-			if err := enc.Encode(nodeInfo(n)); err != nil {
-				return // the client went away
-			}
+	started := false
+	err := s.adm.EachNode(r.Context(), func(n admission.Node) error {
+		if !started {
+			w.Header().Set("Content-Type", api.ContentJSON)
+			w.Header().Set("Cache-Control", "no-store")
+			w.WriteHeader(http.StatusOK)
+			bw.WriteString(`{"nodes":[`)
+			started = true
+		} else {
+			bw.WriteByte(',')
 		}
-		if len(nodes) < page {
-			break
-		}
-		if nodes, err = s.adm.ListNodesPage(r.Context(), nodes[len(nodes)-1].Name, page); err != nil {
-			s.log.Error("listing nodes: cut short", "err", err)
-			return
-		}
+		return enc.Encode(nodeInfo(n))
+	})
+	switch {
+	case err != nil && !started:
+		s.refuse(w, r, AuditEvent{Event: EventAdminDeny, Actor: "admin:" + admin}, err)
+	case err != nil:
+		s.log.Error("listing nodes: cut short", "err", err)
+	case !started:
+		writeJSON(w, http.StatusOK, api.NodeList{Nodes: []api.NodeInfo{}})
+	default:
+		bw.WriteString("]}\n")
+		bw.Flush()
 	}
-	bw.WriteString("]}\n")
-	bw.Flush()
 }
 
 func (s *Server) handleNodeRevoke(w http.ResponseWriter, r *http.Request, admin string) {

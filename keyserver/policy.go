@@ -104,8 +104,9 @@ func (s *Server) ReloadPolicy(actor string) (*api.PolicyStatus, error) {
 	if err != nil {
 		old := s.policy.Load()
 		s.record(AuditEvent{Event: EventPolicyReject, Actor: actor, Code: api.CodePolicyInvalid, Reason: fmt.Sprintf("%v; still serving %s", err, old.pol.Digest())})
-		s.log.Error("policy refused; still serving the last good one", "file", s.cfg.PolicyFile, "digest", old.pol.Digest(), "problems", len(policy.Problems(s.cfg.PolicyFile, err)))
-		for _, p := range policy.Problems(s.cfg.PolicyFile, err) {
+		probs := policy.Problems(s.cfg.PolicyFile, err)
+		s.log.Error("policy refused; still serving the last good one", "file", s.cfg.PolicyFile, "digest", old.pol.Digest(), "problems", len(probs))
+		for _, p := range probs {
 			s.log.Error("policy problem", "problem", p.String())
 		}
 		return nil, err

@@ -53,17 +53,18 @@ type Config struct {
 
 	ServerCertLifetime time.Duration // default 7 days; renewed at two thirds
 
-	// Load shedding for the requests that sign (admit, renew, sign): at
-	// most MaxInFlight at once, MaxQueue more waiting up to QueueWait;
-	// the rest get 503 with Retry-After: RetryAfter. Defaults above.
+	// Load shedding: at most MaxConns connections are served at once (more
+	// wait to be accepted); of the requests that sign (admit, renew, sign),
+	// at most MaxInFlight run at once and MaxQueue more wait up to
+	// QueueWait; the rest get 503 with Retry-After: RetryAfter. Zero means
+	// the Default of each (limit.go).
+	MaxConns    int
 	MaxInFlight int
 	MaxQueue    int
+	QueueWait   time.Duration
+	RetryAfter  time.Duration
 
 	Profiling bool // serve Go profiles to administrators at PathProfile
-
-	MaxConns   int // connections served at once, default DefaultMaxConns; more wait to be accepted
-	QueueWait  time.Duration
-	RetryAfter time.Duration
 
 	PruneInterval time.Duration // default 10 minutes
 

@@ -70,6 +70,33 @@ type Store interface {
 	Close() error
 }
 
+// Pager is what Each needs of a store.
+type Pager interface {
+	ListPage(ctx context.Context, prefix, after string, limit int) ([]KV, error)
+}
+
+// Each calls fn for every pair whose key starts with prefix, in key order,
+// reading page pairs at a time, so that a large prefix (a fleet's nodes or
+// tokens) is never all in memory. An error from fn stops it and is
+// returned as it is.
+func Each(ctx context.Context, s Pager, prefix string, page int, fn func(KV) error) error {
+	for after := ""; ; {
+		kvs, err := s.ListPage(ctx, prefix, after, page)
+		if err != nil {
+			return err
+		}
+		for _, kv := range kvs {
+			if err := fn(kv); err != nil {
+				return err
+			}
+		}
+		if len(kvs) < page {
+			return nil
+		}
+		after = kvs[len(kvs)-1].Key
+	}
+}
+
 // Put stores value at key unconditionally.
 func Put(ctx context.Context, s Store, key string, value []byte) error {
 	return s.Txn(ctx, nil, []Op{{Key: key, Value: value}})

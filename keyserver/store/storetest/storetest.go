@@ -229,7 +229,19 @@ func testList(t *testing.T, s store.Store) {
 			if !slices.Equal(paged, tc.want) {
 				t.Errorf("ListPage(%q) by %d = %q, want %q", tc.prefix, limit, paged, tc.want)
 			}
+			var each []string
+			if err := store.Each(ctx, s, tc.prefix, limit, func(kv store.KV) error {
+				each = append(each, kv.Key)
+				return nil
+			}); err != nil || !slices.Equal(each, tc.want) {
+				t.Errorf("Each(%q) by %d = %q, %v; want %q", tc.prefix, limit, each, err, tc.want)
+			}
 		}
+	}
+	// An error from fn stops Each and comes back as it is.
+	stop, calls := errors.New("stop"), 0
+	if err := store.Each(ctx, s, "nodes/", 2, func(store.KV) error { calls++; return stop }); err != stop || calls != 1 {
+		t.Errorf("Each with a failing fn: %v after %d calls, want stop after 1", err, calls)
 	}
 	// A page may start after a key that is not there.
 	if kvs, err := s.ListPage(ctx, "nodes/", "nodes/aa", 2); err != nil || len(kvs) != 2 || kvs[0].Key != "nodes/b" || kvs[1].Key != "nodes/c" {
