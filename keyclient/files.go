@@ -143,15 +143,15 @@ func (f *x509Files) readIssuers(s *itemSpec) error {
 	if len(f.chain) > 0 {
 		top = f.chain[len(f.chain)-1]
 	}
-	switch {
-	case s.chain != "" || s.fullchain != "" || bytes.Equal(top.RawIssuer, root.RawSubject):
-		if err := top.CheckSignatureFrom(root); err != nil {
-			return problemf("certificate %s does not chain to ca %s: %v", s.cert, s.ca, err)
-		}
-		f.rootVerified = true
+	if s.chain == "" && s.fullchain == "" && !bytes.Equal(top.RawIssuer, root.RawSubject) {
+		// An intermediate lies between them that no file holds; the root
+		// is then compared with the grant's at the next refresh.
+		return nil
 	}
-	// Otherwise an intermediate lies between them that no file holds; the
-	// root is then compared with the grant's at the next refresh.
+	if err := top.CheckSignatureFrom(root); err != nil {
+		return problemf("certificate %s does not chain to ca %s: %v", s.cert, s.ca, err)
+	}
+	f.rootVerified = true
 	return nil
 }
 
@@ -169,11 +169,12 @@ func signedInTurn(leaf *x509.Certificate, chain []*x509.Certificate) error {
 
 // readCert reads a file of exactly one certificate.
 func readCert(what, path string) (*x509.Certificate, error) {
-	c, err := pemutil.ReadCertificate(path)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		return nil, problemf("%s %s is missing", what, path)
-	case err != nil:
+	data, err := readFile(what, path)
+	if err != nil {
+		return nil, err
+	}
+	c, err := onePEMCert(data)
+	if err != nil {
 		return nil, problemf("%s %s: %v", what, path, err)
 	}
 	return c, nil
@@ -296,19 +297,6 @@ func writeX509Files(s *itemSpec, key crypto.Signer, leaf *x509.Certificate, chai
 		if err := st.Commit(); err != nil {
 			return fmt.Errorf("keyclient: %s: %w", s.label(), err)
 		}
-	}
-	return nil
-}
-
-// writeOwned writes one of an item's files atomically, with the item's
-// owner.
-func writeOwned(s *itemSpec, path string, data []byte, mode os.FileMode) error {
-	st, err := stageOwned(s, path, data, mode)
-	if err != nil {
-		return err
-	}
-	if err := st.Commit(); err != nil {
-		return fmt.Errorf("keyclient: %s: %w", s.label(), err)
 	}
 	return nil
 }

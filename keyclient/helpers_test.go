@@ -131,10 +131,7 @@ func (f *fakeKeyserver) count(call string) int {
 
 func (f *fakeKeyserver) denied(call, name string) error {
 	f.calls[call+" "+name]++
-	if err := f.fail[name]; err != nil {
-		return err
-	}
-	return nil
+	return f.fail[name]
 }
 
 func grantDenied(name string) error {

@@ -2,6 +2,7 @@ package keyclient
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	mrand "math/rand/v2"
 	"time"
@@ -59,11 +60,8 @@ func (c *Client) initItems() {
 	now := c.opts.Clock.Now()
 	for _, spec := range c.set.items {
 		var seed [32]byte
-		for i := range 4 {
-			v := c.rnd.Uint64()
-			for j := range 8 {
-				seed[i*8+j] = byte(v >> (8 * j))
-			}
+		for i := 0; i < len(seed); i += 8 {
+			binary.LittleEndian.PutUint64(seed[i:], c.rnd.Uint64())
 		}
 		it := &item{spec: spec, rnd: mrand.New(mrand.NewChaCha8(seed))}
 		if prev != nil {

@@ -108,9 +108,9 @@ type Client struct {
 	failures int        // consecutive failed CGC passes in Run
 
 	// rotating is held for reading by every request made with the CGC and
-	// for writing by a renewal: the keyserver supersedes the old CGC the
-	// moment it issues the new one, so a request with the old one still
-	// under way would be refused, and audited as key theft.
+	// for writing by a renewal or an admission: the keyserver supersedes
+	// the old CGC the moment it issues the new one, so a request with the
+	// old one still under way would be refused, and audited as key theft.
 	rotating sync.RWMutex
 
 	// The CGC and the anchor are changed only under both mu and stateMu;
@@ -256,7 +256,7 @@ func (c *Client) Once(ctx context.Context, force bool) (*Report, error) {
 	rep, err := c.cgcPass(ctx, force)
 	c.recordCGC(err, time.Time{})
 	if rep == nil {
-		rep = c.heldReport(ActionFailed)
+		rep = c.report(ActionFailed, nil)
 	}
 	var failed []string
 	for _, it := range c.items {
@@ -397,18 +397,15 @@ func RenewTime(notBefore, notAfter time.Time, u float64) time.Time {
 	return notBefore.Add(life*2/3 + jitter)
 }
 
+// report describes the CGC held (if any) after a pass that did a; prev is
+// the CGC a renewal replaced.
 func (c *Client) report(a Action, prev *x509.Certificate) *Report {
-	return &Report{Action: a, Cert: c.certs[0], Chain: c.certs[1:], Previous: prev, RenewAt: c.renewAt}
-}
-
-// heldReport describes whatever CGC is held, after a failed pass.
-func (c *Client) heldReport(a Action) *Report {
 	c.stateMu.Lock()
 	defer c.stateMu.Unlock()
 	if c.certs == nil {
 		return &Report{Action: a}
 	}
-	return &Report{Action: a, Cert: c.certs[0], Chain: c.certs[1:], RenewAt: c.renewAt}
+	return &Report{Action: a, Cert: c.certs[0], Chain: c.certs[1:], Previous: prev, RenewAt: c.renewAt}
 }
 
 // renewExpired deals with a CGC that has expired: it asks for a renewal
@@ -447,6 +444,11 @@ func (c *Client) admit(ctx context.Context) (*Report, error) {
 	if tok == "" {
 		return nil, ErrNoToken
 	}
+	// A CGC still held (a new token file, or an expired one) is
+	// superseded the moment the keyserver admits the node again, as by a
+	// renewal: no request may go out with it meanwhile.
+	c.rotating.Lock()
+	defer c.rotating.Unlock()
 	key, err := c.pendingKey(AdmissionKeyFile)
 	if err != nil {
 		return nil, err

@@ -298,3 +298,68 @@ func TestRequestsWithTheCGCWaitForARenewal(t *testing.T) {
 	wait("a request with the CGC, after the renewal,")
 	<-held
 }
+
+// A node admitted again (a new token file) while it holds a valid CGC has
+// that CGC superseded the moment the keyserver admits it, as a renewal
+// does: no request may go out with the CGC while the admission is under
+// way.
+func TestRequestsWithTheCGCWaitForAnAdmission(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan struct{}, 8)
+	release := make(chan struct{})
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- struct{}{}
+			go func() { <-release; conn.Close() }()
+		}
+	}()
+	ka := newAuthority(t, "keygranting", time.Now)
+	key, err := authority.GenerateKey(authority.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ka.Sign(authority.Request{PublicKey: key.Public(), CommonName: "web1", Lifetime: time.Hour, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Client{
+		cfg:    &Config{Node: "web1", Servers: []string{"https://" + ln.Addr().String()}, Token: validToken(t), StateDir: t.TempDir()},
+		opts:   Options{Clock: realClock{}, RequestTimeout: 10 * time.Second},
+		log:    quietLogger(),
+		anchor: ka.Root(),
+		key:    key,
+		certs:  []*x509.Certificate{cert},
+	}
+	wait := func(what string) {
+		t.Helper()
+		select {
+		case <-accepted:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s never reached the keyserver", what)
+		}
+	}
+	admitted := make(chan error, 1)
+	go func() { _, err := c.admit(t.Context()); admitted <- err }()
+	wait("the admission")
+	held := make(chan error, 1)
+	go func() {
+		held <- c.roundTrip(t.Context(), http.MethodGet, api.PathNode, nil, withCGC, func(*http.Response) error { return nil })
+	}()
+	select {
+	case <-accepted:
+		t.Fatal("a request with the CGC went out during an admission")
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	<-admitted // refused: the connection closed
+	wait("a request with the CGC, after the admission,")
+	<-held
+}

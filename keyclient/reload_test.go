@@ -160,18 +160,30 @@ func TestReloadTimeoutKillsTheCommand(t *testing.T) {
 	if d := time.Since(start); d > 10*time.Second {
 		t.Fatalf("took %v", d)
 	}
-	data, _ := os.ReadFile(pidFile)
-	pid, perr := strconv.Atoi(strings.TrimSpace(string(data)))
-	if perr != nil {
+	waitGone(t, readPid(t, pidFile))
+}
+
+// readPid reads the pid a command wrote to path.
+func readPid(t *testing.T, path string) int {
+	t.Helper()
+	data, _ := os.ReadFile(path)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
 		t.Fatalf("pid file: %q", data)
 	}
-	// The child was sent SIGKILL with its group; the kernel takes a
-	// moment to finish it, and it may linger as a zombie until init reaps
-	// it, which signal 0 still finds, so its state is looked at.
+	return pid
+}
+
+// waitGone fails unless process pid ends within a few seconds. It was
+// sent SIGKILL with its group; the kernel takes a moment to finish it,
+// and it may linger as a zombie until init reaps it, which signal 0 still
+// finds, so alive looks at its state.
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for alive(pid) {
 		if time.Now().After(deadline) {
-			t.Fatalf("the command's child %d survived the timeout", pid)
+			t.Fatalf("the command's child %d survived", pid)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -251,18 +263,7 @@ wait`
 	if d := time.Since(start); d < time.Second+50*time.Millisecond || d > 10*time.Second {
 		t.Errorf("took %v, want the timeout and the grace (a tenth of it)", d)
 	}
-	data, _ := os.ReadFile(pidFile)
-	pid, perr := strconv.Atoi(strings.TrimSpace(string(data)))
-	if perr != nil {
-		t.Fatalf("pid file: %q", data)
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for alive(pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the child %d that ignored SIGTERM survived", pid)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitGone(t, readPid(t, pidFile)) // it ignored SIGTERM
 }
 
 // A command that ends by itself is never signalled, nor what it left
@@ -273,11 +274,7 @@ func TestReloadLeavesWhatItStartedAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data, _ := os.ReadFile(pidFile)
-	pid, perr := strconv.Atoi(strings.TrimSpace(string(data)))
-	if perr != nil {
-		t.Fatalf("pid file: %q", data)
-	}
+	pid := readPid(t, pidFile)
 	defer syscall.Kill(pid, syscall.SIGKILL)
 	time.Sleep(1500 * time.Millisecond) // past the timeout
 	if !alive(pid) {

@@ -47,11 +47,7 @@ func (c *Client) keepStatic(ctx context.Context, it *item, now time.Time, force 
 		}
 		return ActionFailed, err
 	}
-	act, err := c.restoreStatic(it, disk, readErr)
-	if err != nil {
-		return ActionFailed, err
-	}
-	return act, nil
+	return c.restoreStatic(it, disk, readErr)
 }
 
 // restoreStatic puts the content held back on disk when the file differs
@@ -108,8 +104,17 @@ func (c *Client) refreshStatic(ctx context.Context, it *item, now time.Time, dis
 	return why, nil
 }
 
+// writeStatic writes a static item's file atomically, with the item's
+// owner and mode.
 func writeStatic(s *itemSpec, body []byte) error {
-	return writeOwned(s, s.path, body, s.mode)
+	st, err := stageOwned(s, s.path, body, s.mode)
+	if err != nil {
+		return err
+	}
+	if err := st.Commit(); err != nil {
+		return fmt.Errorf("keyclient: %s: %w", s.label(), err)
+	}
+	return nil
 }
 
 // staticCopyPath is where the state directory keeps the content last

@@ -210,7 +210,7 @@ func checkIssued(resp *api.CertificateResponse, key crypto.Signer, grant string,
 	if resp.Grant != "" && resp.Grant != grant {
 		return nil, nil, nil, fmt.Errorf("keyserver answered for grant %q", resp.Grant)
 	}
-	leaf, err = onePEMCert(resp.Certificate)
+	leaf, err = onePEMCert([]byte(resp.Certificate))
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("keyserver sent an unusable certificate: %w", err)
 	}
@@ -219,7 +219,7 @@ func checkIssued(resp *api.CertificateResponse, key crypto.Signer, grant string,
 			return nil, nil, nil, fmt.Errorf("keyserver sent an unusable chain: %w", err)
 		}
 	}
-	root, err = onePEMCert(resp.Root)
+	root, err = onePEMCert([]byte(resp.Root))
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("keyserver sent an unusable root: %w", err)
 	}
@@ -255,8 +255,8 @@ func checkIssued(resp *api.CertificateResponse, key crypto.Signer, grant string,
 
 // onePEMCert parses a PEM text of exactly one certificate
 // (pemutil.ParseCertificate would take the first of several).
-func onePEMCert(s string) (*x509.Certificate, error) {
-	certs, err := pemutil.ParseCertificateBundle([]byte(s))
+func onePEMCert(data []byte) (*x509.Certificate, error) {
+	certs, err := pemutil.ParseCertificateBundle(data)
 	if err != nil {
 		return nil, err
 	}

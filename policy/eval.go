@@ -55,8 +55,7 @@ func (p *Policy) GroupsOf(f Facts) []string {
 	// shows in .Groups) for as long as it is not declared; the node
 	// record keeps it, so declaring the name again gives it back.
 	out := slices.DeleteFunc(slices.Clone(f.Groups), func(g string) bool { return p.groups[g] == nil })
-	for _, name := range p.Groups() {
-		g := p.groups[name]
+	for name, g := range p.groups { // sorted below
 		if slices.Contains(g.Nodes, f.Node) || matchAny(g.Patterns, f.Node) {
 			out = append(out, name)
 		}
@@ -73,10 +72,8 @@ func (g *Grant) via(node string, groups []string) string {
 	case slices.Contains(g.to.nodes, node):
 		return "node " + node
 	}
-	for _, grp := range g.to.groups {
-		if slices.Contains(groups, grp) {
-			return "group " + grp
-		}
+	if grp := firstGroup(g, groups); grp != "" {
+		return "group " + grp
 	}
 	for _, pat := range g.to.patterns {
 		if matchName(pat, node) {
@@ -113,10 +110,15 @@ func (p *Policy) Decide(grant string, f Facts) (Decision, error) {
 	if g == nil {
 		return Decision{}, fmt.Errorf("%w: %q", ErrUnknownGrant, grant)
 	}
-	groups := p.GroupsOf(f)
+	return p.decide(g, f, p.GroupsOf(f))
+}
+
+// decide is Decide for a grant that exists, with the node's groups as
+// GroupsOf gives them.
+func (p *Policy) decide(g *Grant, f Facts, groups []string) (Decision, error) {
 	via := g.via(f.Node, groups)
 	if via == "" {
-		return Decision{}, fmt.Errorf("%w: %q is not for node %s", ErrNotGranted, grant, f.Node)
+		return Decision{}, fmt.Errorf("%w: %q is not for node %s", ErrNotGranted, g.Name, f.Node)
 	}
 	d := Decision{Grant: g, Via: via}
 	if g.Type == TypeX509 {
@@ -130,7 +132,7 @@ func (p *Policy) Decide(grant string, f Facts) (Decision, error) {
 func (p *Policy) Explain(f Facts) (groups []string, granted []Decision, notGranted []string) {
 	groups = p.GroupsOf(f)
 	for _, name := range p.GrantNames() {
-		d, err := p.Decide(name, f)
+		d, err := p.decide(p.grants[name], f, groups)
 		if err != nil {
 			notGranted = append(notGranted, name)
 			continue
@@ -205,7 +207,7 @@ type templateError struct {
 func (e *templateError) Error() string { return e.msg }
 func (e *templateError) Unwrap() error { return ErrRender }
 
-var knownFields = ".Node .Short .Domain .Group .Groups .IPs .Grant"
+const knownFields = ".Node .Short .Domain .Group .Groups .IPs .Grant"
 
 // templateMessage words a template error for an operator: without the
 // template's name and position, which mean nothing to them.
@@ -240,11 +242,8 @@ func (p *Policy) render(g *Grant, f Facts, groups []string) (*Cert, error) {
 	short, domain, _ := strings.Cut(f.Node, ".")
 	data := templateData{Node: f.Node, Short: short, Domain: domain, Group: firstGroup(g, groups), Groups: groups, IPs: f.IPs, Grant: g.Name}
 	run := func(t *template.Template) ([]string, error) {
-		var b strings.Builder
-		if err := t.Execute(&b, data); err != nil {
-			return nil, &templateError{at: strings.Split(t.Name(), "/")[2:], msg: fmt.Sprintf("template %q: %s", t.Root.String(), templateMessage(t.Name(), err))}
-		}
-		return strings.Fields(b.String()), nil
+		s, err := execute(t, data)
+		return strings.Fields(s), err
 	}
 	all := func(ts []*template.Template) ([]string, error) {
 		var out []string
@@ -286,11 +285,11 @@ func (p *Policy) render(g *Grant, f Facts, groups []string) (*Cert, error) {
 		{&c.Subject.Locality, g.subject.locality},
 	} {
 		for _, t := range part.src {
-			var b strings.Builder
-			if err := t.Execute(&b, data); err != nil {
-				return nil, &templateError{at: strings.Split(t.Name(), "/")[2:], msg: fmt.Sprintf("template %q: %s", t.Root.String(), templateMessage(t.Name(), err))}
+			s, err := execute(t, data)
+			if err != nil {
+				return nil, err
 			}
-			if s := strings.TrimSpace(b.String()); s != "" {
+			if s = strings.TrimSpace(s); s != "" {
 				*part.dst = append(*part.dst, s)
 			}
 		}
@@ -337,6 +336,16 @@ func (p *Policy) render(g *Grant, f Facts, groups []string) (*Cert, error) {
 		return nil, &templateError{msg: fmt.Sprintf("renders %d names for node %s, over limits.max_names %d", n, f.Node, p.maxNames)}
 	}
 	return c, nil
+}
+
+// execute runs one of a grant's templates; its error is a templateError
+// placed where the template is in the file (its name, as parsed).
+func execute(t *template.Template, data templateData) (string, error) {
+	var b strings.Builder
+	if err := t.Execute(&b, data); err != nil {
+		return "", &templateError{at: strings.Split(t.Name(), "/")[2:], msg: fmt.Sprintf("template %q: %s", t.Root.String(), templateMessage(t.Name(), err))}
+	}
+	return b.String(), nil
 }
 
 func sampleFacts(g *Grant) Facts {
@@ -477,17 +486,22 @@ func matchDNS(pattern, name string) bool {
 // matchName matches a node or DNS name against a label-wise glob: the
 // pattern and the name have the same number of labels, and each label
 // matches, so * never reaches across a dot.
+// It runs for every pattern on every request, so it splits nothing.
 func matchName(pattern, name string) bool {
-	pl, nl := strings.Split(pattern, "."), strings.Split(name, ".")
-	if len(pl) != len(nl) {
+	if strings.Count(pattern, ".") != strings.Count(name, ".") {
 		return false
 	}
-	for i := range pl {
-		if ok, err := path.Match(pl[i], nl[i]); err != nil || !ok {
+	for {
+		pl, prest, more := strings.Cut(pattern, ".")
+		nl, nrest, _ := strings.Cut(name, ".")
+		if ok, err := path.Match(pl, nl); err != nil || !ok {
 			return false
 		}
+		if !more {
+			return true
+		}
+		pattern, name = prest, nrest
 	}
-	return true
 }
 
 func matchAny(patterns []string, name string) bool {

@@ -317,11 +317,10 @@ func (ps *parser) build(fd *fileDecl, read func(string) ([]byte, error)) *Policy
 		}
 		where := at("authorities", name)
 		a := &namedAuthority{Name: name, MaxLifetime: maxLifetime, line: ps.line(where...)}
-		switch {
-		case authority.Builtin(name):
+		if authority.Builtin(name) {
 			ps.errorf(where, "authority %q is the keyserver's own and cannot be used by grants; create another with keyctl authority create", name)
-		case ValidName(name) != nil:
-			ps.errorf(where, "authority %v", ValidName(name))
+		} else if err := ValidName(name); err != nil {
+			ps.errorf(where, "authority %v", err)
 		}
 		if d.MaxLifetime != 0 {
 			a.MaxLifetime = d.MaxLifetime

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -232,36 +231,11 @@ func startItemsServer(t *testing.T, clk *fakeClock) *itemsServer {
 	}
 	s := &itemsServer{dir: dir, web: web}
 	s.setPolicy(t, "", "first bundle\n")
-	srv, err := keyserver.New(keyserver.Config{
-		Names:         []string{"127.0.0.1"},
-		KeyGranting:   auths.KeyGranting,
-		Server:        auths.Server,
-		Admin:         auths.Admin,
-		Store:         store.NewMemory(),
-		PolicyFile:    filepath.Join(dir, "policy.yaml"),
-		AuthorityDir:  filepath.Join(dir, "authorities"),
-		CGCLifetime:   30 * 24 * time.Hour,
-		PruneInterval: time.Hour,
-		Logger:        slog.New(slog.DiscardHandler),
-		Now:           clk.Now,
+	s.rig = startKeyserver(t, clk, store.NewMemory(), auths, "", func(c *keyserver.Config) {
+		c.PolicyFile = filepath.Join(dir, "policy.yaml")
+		c.AuthorityDir = filepath.Join(dir, "authorities")
+		c.PruneInterval = time.Hour
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, l) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	s.rig = &rig{t: t, clk: clk, srv: srv, auths: auths, addr: l.Addr().String(), stop: cancel}
 	return s
 }
 

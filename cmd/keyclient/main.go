@@ -70,16 +70,15 @@ type usageError struct{ error }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	err := dispatch(ctx, args, stdout, stderr)
-	var ue usageError
-	var ce *keyclient.ConfigError
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
+	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return 0
-	case errors.As(err, &ue), errors.As(err, &ce):
-		fmt.Fprintln(stderr, "keyclient:", strings.TrimPrefix(err.Error(), "keyclient: "))
-		return 2
 	}
 	fmt.Fprintln(stderr, "keyclient:", strings.TrimPrefix(err.Error(), "keyclient: "))
+	var ue usageError
+	var ce *keyclient.ConfigError
+	if errors.As(err, &ue) || errors.As(err, &ce) {
+		return 2
+	}
 	return 1
 }
 

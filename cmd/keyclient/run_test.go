@@ -90,10 +90,10 @@ type rig struct {
 }
 
 // startKeyserver serves a keyserver on addr ("" for a fresh port) until
-// the returned rig's stop is called.
-func startKeyserver(t *testing.T, clk *fakeClock, st store.Store, auths *keyserver.Authorities, addr string) *rig {
+// the returned rig's stop is called; edit adds to its config.
+func startKeyserver(t *testing.T, clk *fakeClock, st store.Store, auths *keyserver.Authorities, addr string, edit ...func(*keyserver.Config)) *rig {
 	t.Helper()
-	srv, err := keyserver.New(keyserver.Config{
+	cfg := keyserver.Config{
 		Names:       []string{"127.0.0.1"},
 		KeyGranting: auths.KeyGranting,
 		Server:      auths.Server,
@@ -102,7 +102,11 @@ func startKeyserver(t *testing.T, clk *fakeClock, st store.Store, auths *keyserv
 		CGCLifetime: 30 * 24 * time.Hour,
 		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Now:         clk.Now,
-	})
+	}
+	for _, e := range edit {
+		e(&cfg)
+	}
+	srv, err := keyserver.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

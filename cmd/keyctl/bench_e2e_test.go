@@ -84,10 +84,17 @@ func TestBenchEndToEnd(t *testing.T) {
 	if rep.Ops != 10 || rep.Concurrency != 10 {
 		t.Fatalf("storm: %+v", rep)
 	}
+	stormed := 0
 	for name, n := range w.nodes() {
-		if strings.HasPrefix(name, rep.Tag+"-") && n.Renewals != 1 {
-			t.Errorf("storm: %s renewed %d times", name, n.Renewals)
+		if strings.HasPrefix(name, rep.Tag+"-") {
+			stormed++
+			if n.Renewals != 1 {
+				t.Errorf("storm: %s renewed %d times", name, n.Renewals)
+			}
 		}
+	}
+	if stormed != 10 {
+		t.Errorf("storm: keyserver has %d nodes of %s, want 10", stormed, rep.Tag)
 	}
 
 	// The text table, and the exit codes: 2 for bad usage, 1 when the run

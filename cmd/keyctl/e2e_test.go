@@ -6,9 +6,7 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -23,6 +21,7 @@ import (
 	"time"
 
 	"github.com/keysystem/keysystem/keyserver/api"
+	"go.step.sm/crypto/pemutil"
 )
 
 var (
@@ -227,20 +226,11 @@ func (w *world) cgcSerial(stateDir string) string {
 	if fi.Mode().Perm() != 0o600 {
 		w.t.Errorf("cgc.pem mode %v, want 0600", fi.Mode().Perm())
 	}
-	for {
-		var b *pem.Block
-		b, data = pem.Decode(data)
-		if b == nil {
-			w.t.Fatal("no certificate in cgc.pem")
-		}
-		if b.Type == "CERTIFICATE" {
-			c, err := x509.ParseCertificate(b.Bytes)
-			if err != nil {
-				w.t.Fatal(err)
-			}
-			return fmt.Sprintf("%x", c.SerialNumber)
-		}
+	certs, err := pemutil.ParseCertificateBundle(data)
+	if err != nil {
+		w.t.Fatalf("cgc.pem: %v", err)
 	}
+	return fmt.Sprintf("%x", certs[0].SerialNumber)
 }
 
 func (w *world) nodes() map[string]api.NodeInfo {

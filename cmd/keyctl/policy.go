@@ -151,12 +151,6 @@ Flags:
 }
 
 func printExplanation(w io.Writer, l api.GrantList) {
-	none := func(s []string) string {
-		if len(s) == 0 {
-			return "-"
-		}
-		return strings.Join(s, ", ")
-	}
 	fmt.Fprintf(w, "node %s\ngroups: %s\n", l.Node, none(l.Groups))
 	if l.Policy != "" {
 		fmt.Fprintf(w, "policy: %s\n", l.Policy)
@@ -231,11 +225,13 @@ func cmdPolicyStatus(e *env, args []string) error {
 }
 
 func printPolicyStatus(w io.Writer, st *api.PolicyStatus) {
-	list := func(s []string) string {
-		if len(s) == 0 {
-			return "-"
-		}
-		return strings.Join(s, ", ")
+	fmt.Fprintf(w, "authorities:\t%s\ngroups:\t%s\ngrants:\t%s\n", none(st.Authorities), none(st.Groups), none(st.Grants))
+}
+
+// none lists s, or says "-" when it is empty.
+func none(s []string) string {
+	if len(s) == 0 {
+		return "-"
 	}
-	fmt.Fprintf(w, "authorities:\t%s\ngroups:\t%s\ngrants:\t%s\n", list(st.Authorities), list(st.Groups), list(st.Grants))
+	return strings.Join(s, ", ")
 }

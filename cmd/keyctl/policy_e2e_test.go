@@ -10,7 +10,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"os/exec"
@@ -21,7 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keysystem/keysystem/authority"
 	"github.com/keysystem/keysystem/keyserver/api"
+	"go.step.sm/crypto/pemutil"
 )
 
 const e2ePolicy = `cgc:
@@ -170,7 +171,7 @@ items:
 	if o := server.Subject.Organization; !slices.Equal(o, []string{"example"}) {
 		t.Errorf("web-server organization %q", o)
 	}
-	wantBundle := bundleText + string(pemOf(clusterRoot)) + string(pemOf(webRoot))
+	wantBundle := bundleText + string(authority.EncodePEM(clusterRoot, webRoot))
 	for _, f := range []string{"etcd1-files/bundle.pem", "web1-files/bundle.pem"} {
 		if got := w.read(f); got != wantBundle {
 			t.Errorf("%s:\n%s\nwant\n%s", f, got, wantBundle)
@@ -282,31 +283,14 @@ func (w *world) reloads() int {
 
 func (w *world) certs(name string) []*x509.Certificate {
 	w.t.Helper()
-	var out []*x509.Certificate
-	rest := []byte(w.read(name))
-	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			w.t.Fatalf("%s: %v", name, err)
-		}
-		out = append(out, c)
-	}
-	if len(out) == 0 {
-		w.t.Fatalf("%s holds no certificate", name)
+	out, err := pemutil.ParseCertificateBundle([]byte(w.read(name)))
+	if err != nil {
+		w.t.Fatalf("%s: %v", name, err)
 	}
 	return out
 }
 
 func (w *world) cert(name string) *x509.Certificate { return w.certs(name)[0] }
-
-func pemOf(c *x509.Certificate) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-}
 
 func (w *world) chainsTo(leaf *x509.Certificate, inter []*x509.Certificate, root *x509.Certificate, usage ...x509.ExtKeyUsage) bool {
 	roots, pool := x509.NewCertPool(), x509.NewCertPool()

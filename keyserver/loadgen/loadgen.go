@@ -27,10 +27,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	mrand "math/rand/v2"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -315,12 +315,7 @@ func (g *gen) measure(ctx context.Context, nodes []*node, op func(context.Contex
 					samples = append(samples, out.latency)
 				} else {
 					rep.Failed++
-					var f *Failure
-					kind := "other"
-					if errors.As(out.err, &f) {
-						kind = f.Kind
-					}
-					rep.Failures[kind]++
+					rep.Failures[kindOf(out.err)]++
 					if rep.FirstError == "" {
 						rep.FirstError = out.err.Error()
 					}
@@ -343,12 +338,7 @@ func (g *gen) measure(ctx context.Context, nodes []*node, op func(context.Contex
 		rep.OKPerSecond = float64(rep.OK) / rep.Seconds
 	}
 	rep.Latency = Summarise(samples)
-	g.mu.Lock()
-	maps := g.retries
-	g.mu.Unlock()
-	for k, v := range maps {
-		rep.Retries[k] = v
-	}
+	maps.Copy(rep.Retries, g.retries)
 	if before != nil {
 		if after := g.sample(rep); after != nil {
 			rep.Keyserver.observe(*before, *after, rep.Ops)
@@ -395,13 +385,8 @@ func (g *gen) setupEach(ctx context.Context, what string, nodes []*node, f func(
 					return
 				}
 				if err := f(ctx, nodes[i]); err != nil {
-					kind := "other"
-					var fl *Failure
-					if errors.As(err, &fl) {
-						kind = fl.Kind
-					}
 					mu.Lock()
-					kinds[kind]++
+					kinds[kindOf(err)]++
 					if first == nil {
 						first = err
 					}
@@ -489,92 +474,73 @@ func selfSigned(data string) (*x509.Certificate, error) {
 // pinGrantRoot asks for the grant's certificate once, untimed, and pins
 // the root that answer names for the rest of the run.
 func (g *gen) pinGrantRoot(ctx context.Context, n *node) error {
-	key, csr, err := newKey()
-	if err != nil {
-		return err
-	}
-	var resp api.CertificateResponse
-	if _, _, err := g.request(ctx, http.MethodPost, api.PathSign+g.cfg.Grant, n.cred, api.SignRequest{CSR: csr}, &resp); err != nil {
-		return fmt.Errorf("loadgen: set-up: grant %s: %w", g.cfg.Grant, err)
-	}
-	root, err := selfSigned(resp.Root)
-	if err != nil {
-		return fmt.Errorf("loadgen: set-up: grant %s: its root: %w", g.cfg.Grant, err)
-	}
-	g.grantRoot = root
-	if err := g.checkGrant(n, key, &resp); err != nil {
-		return fmt.Errorf("loadgen: set-up: grant %s: %w", g.cfg.Grant, err)
+	out := g.exchange(ctx, n, api.PathSign+g.cfg.Grant, n.cred, signRequest, func(n *node, key crypto.Signer, resp *api.CertificateResponse) error {
+		root, err := selfSigned(resp.Root)
+		if err != nil {
+			return fmt.Errorf("its root: %w", err)
+		}
+		g.grantRoot = root
+		return g.checkGrant(n, key, resp)
+	})
+	if out.err != nil {
+		return fmt.Errorf("loadgen: set-up: grant %s: %w", g.cfg.Grant, out.err)
 	}
 	return nil
 }
 
 // admit redeems n's token.
 func (g *gen) admit(ctx context.Context, n *node) outcome {
-	key, csr, err := newKey()
-	if err != nil {
-		return outcome{err: &Failure{Kind: "client", Err: err}}
-	}
-	var resp api.CertificateResponse
-	reqs, lat, err := g.request(ctx, http.MethodPost, api.PathAdmit, nil, api.AdmitRequest{Token: n.token, Node: n.name, CSR: csr}, &resp)
-	out := outcome{latency: lat, requests: reqs, err: err}
-	if err == nil {
-		var cred *tls.Certificate
-		if cred, out.err = g.checkCGC(n, key, &resp); out.err == nil {
-			n.cred, n.token = cred, ""
-		}
-	}
-	return out
+	return g.exchange(ctx, n, api.PathAdmit, nil, func(csr string) any {
+		return api.AdmitRequest{Token: n.token, Node: n.name, CSR: csr}
+	}, g.takeCGC)
 }
 
 // renew renews n's CGC with a new key. A retry after a lost answer sends
 // the same request, so the same key, as the keyclient does.
 func (g *gen) renew(ctx context.Context, n *node) outcome {
-	key, csr, err := newKey()
-	if err != nil {
-		return outcome{err: &Failure{Kind: "client", Err: err}}
-	}
-	var resp api.CertificateResponse
-	reqs, lat, err := g.request(ctx, http.MethodPost, api.PathRenew, n.cred, api.RenewRequest{CSR: csr}, &resp)
-	if err != nil {
-		return outcome{latency: lat, requests: reqs, err: err}
-	}
-	cred, err := g.checkCGC(n, key, &resp)
-	if err != nil {
-		return outcome{latency: lat, requests: reqs, err: err}
-	}
-	n.cred = cred
-	return outcome{latency: lat, requests: reqs}
+	return g.exchange(ctx, n, api.PathRenew, n.cred, func(csr string) any { return api.RenewRequest{CSR: csr} }, g.takeCGC)
 }
 
 // sign asks for the grant's certificate for a new key.
 func (g *gen) sign(ctx context.Context, n *node) outcome {
-	key, csr, err := newKey()
-	if err != nil {
-		return outcome{err: &Failure{Kind: "client", Err: err}}
-	}
-	var resp api.CertificateResponse
-	reqs, lat, err := g.request(ctx, http.MethodPost, api.PathSign+g.cfg.Grant, n.cred, api.SignRequest{CSR: csr}, &resp)
-	if err == nil {
-		err = g.checkGrant(n, key, &resp)
-	}
-	return outcome{latency: lat, requests: reqs, err: err}
+	return g.exchange(ctx, n, api.PathSign+g.cfg.Grant, n.cred, signRequest, g.checkGrant)
 }
 
-// checkCGC verifies a CGC sent for n's key and returns it as a client
+func signRequest(csr string) any { return api.SignRequest{CSR: csr} }
+
+// exchange makes a fresh key, sends the request that body makes of its CSR,
+// presenting cred when not nil, and has check verify the answer.
+func (g *gen) exchange(ctx context.Context, n *node, path string, cred *tls.Certificate, body func(csr string) any,
+	check func(*node, crypto.Signer, *api.CertificateResponse) error) outcome {
+	key, csr, err := newKey()
+	if err != nil {
+		return outcome{err: &Failure{Kind: KindClient, Err: err}}
+	}
+	var resp api.CertificateResponse
+	var out outcome
+	out.requests, out.latency, out.err = g.request(ctx, http.MethodPost, path, cred, body(csr), &resp)
+	if out.err == nil {
+		out.err = check(n, key, &resp)
+	}
+	return out
+}
+
+// takeCGC verifies a CGC sent for n's key and makes it n's client
 // credential.
-func (g *gen) checkCGC(n *node, key crypto.Signer, resp *api.CertificateResponse) (*tls.Certificate, error) {
+func (g *gen) takeCGC(n *node, key crypto.Signer, resp *api.CertificateResponse) error {
 	if resp.Node != n.name {
-		return nil, fail(KindName, "answer for node %q, want %q", resp.Node, n.name)
+		return fail(KindName, "answer for node %q, want %q", resp.Node, n.name)
 	}
 	leaf, chain, err := Verify(resp.Certificate, resp.Chain, Expect{Root: g.kgRoot, Node: n.name, CGC: true, Key: key.Public(), Now: g.cfg.Clock.Now(), Issuers: &g.kgIssuers})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	cred := &tls.Certificate{PrivateKey: key, Leaf: leaf, Certificate: [][]byte{leaf.Raw}}
 	for _, c := range chain {
 		cred.Certificate = append(cred.Certificate, c.Raw)
 	}
-	return cred, nil
+	n.cred, n.token = cred, ""
+	return nil
 }
 
 // checkGrant verifies a grant's certificate sent for n's key.
@@ -616,71 +582,79 @@ func (g *gen) transport(cred *tls.Certificate) *http.Transport {
 }
 
 // request sends one API request on a new connection, presenting cred when
-// not nil, and decodes the answer into out. A 503 with Retry-After is
-// retried after that delay, on a new connection, up to cfg.MaxRetries
-// times, each retry counted. It returns the requests made and their time,
-// waits included; an error is a *Failure.
+// not nil, and decodes the answer into out. A failed attempt that
+// retryWait allows is tried again after its wait, on a new connection,
+// each retry counted. It returns the requests made and their time, waits
+// included; an error is a *Failure.
 func (g *gen) request(ctx context.Context, method, path string, cred *tls.Certificate, in, out any) (n int, lat time.Duration, err error) {
 	var body []byte
 	if in != nil {
 		if body, err = json.Marshal(in); err != nil {
-			return 0, 0, &Failure{Kind: "client", Err: err}
+			return 0, 0, &Failure{Kind: KindClient, Err: err}
 		}
 	}
+	start := g.cfg.Clock.Now()
 	for attempt := 0; ; attempt++ {
-		t0 := g.cfg.Clock.Now()
-		retryAfter, err := g.once(ctx, method, path, cred, body, out)
+		err = g.once(ctx, method, path, cred, body, out)
 		n++
-		var f *Failure
-		if err != nil && errors.As(err, &f) && f.Kind == "transport" && attempt < g.cfg.MaxRetries && ctx.Err() == nil {
-			// As a keyclient does: a connection refused or reset (a full
-			// accept queue under a storm) is tried again after a backoff
-			// with jitter, with the same request, so a lost answer is
-			// replayed, not repeated.
-			d := min(time.Second<<attempt, 30*time.Second)
-			retryAfter = d/2 + mrand.N(d/2+1)
+		wait, kind, retry := g.retryWait(err, attempt)
+		if !retry || ctx.Err() != nil {
+			return n, g.cfg.Clock.Now().Sub(start), err
 		}
-		if err != nil && errors.As(err, &f) && (f.Kind == "http_503_unavailable" || f.Kind == "transport") && retryAfter >= 0 && attempt < g.cfg.MaxRetries {
-			g.mu.Lock()
-			g.retries[f.Kind]++
-			g.mu.Unlock()
-			select {
-			case <-g.cfg.Clock.After(retryAfter):
-			case <-ctx.Done():
-				return n, lat + g.cfg.Clock.Now().Sub(t0), err
-			}
-			lat += g.cfg.Clock.Now().Sub(t0)
-			continue
+		g.mu.Lock()
+		g.retries[kind]++
+		g.mu.Unlock()
+		select {
+		case <-g.cfg.Clock.After(wait):
+		case <-ctx.Done():
+			return n, g.cfg.Clock.Now().Sub(start), err
 		}
-		return n, lat + g.cfg.Clock.Now().Sub(t0), err
 	}
 }
 
-// once sends one request on a new connection; retryAfter is the delay a
-// 503 asked for, or -1.
-func (g *gen) once(ctx context.Context, method, path string, cred *tls.Certificate, body []byte, out any) (retryAfter time.Duration, err error) {
-	tr := g.transport(cred)
-	// With HTTP/2, DisableKeepAlives alone may leave the connection open
-	// after its one request; this transport is never used again.
-	defer tr.CloseIdleConnections()
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
+// maxRetryAfter bounds how long one Retry-After makes a request wait.
+const maxRetryAfter = 5 * time.Minute
+
+// retryWait says whether the attempt-th try (from 0), which failed with
+// err, is to be tried again, after how long, and the kind of failure
+// retried. Up to cfg.MaxRetries retries: a 503 with Retry-After after that
+// delay; a connection refused or reset (a full accept queue under a storm)
+// after a backoff with jitter, as a keyclient does, with the same request,
+// so that a lost answer is replayed, not repeated.
+func (g *gen) retryWait(err error, attempt int) (wait time.Duration, kind string, retry bool) {
+	var f *Failure
+	if err == nil || attempt >= g.cfg.MaxRetries || !errors.As(err, &f) {
+		return 0, "", false
 	}
-	req, err := http.NewRequestWithContext(ctx, method, g.cfg.Server+path, rd)
+	var ae *api.Error
+	switch {
+	case f.Kind == KindTransport:
+		d := 30 * time.Second
+		if attempt < 5 {
+			d = time.Second << attempt
+		}
+		return d/2 + mrand.N(d/2+1), f.Kind, true
+	case errors.As(err, &ae) && ae.Status == http.StatusServiceUnavailable && ae.Code == api.CodeUnavailable && ae.RetryAfter > 0:
+		return min(ae.RetryAfter, maxRetryAfter), f.Kind, true
+	}
+	return 0, "", false
+}
+
+// once sends one request on a new connection.
+func (g *gen) once(ctx context.Context, method, path string, cred *tls.Certificate, body []byte, out any) error {
+	tr := g.transport(cred)
+	// This transport is never used again: close its connection.
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, method, g.cfg.Server+path, bytes.NewReader(body))
 	if err != nil {
-		return -1, &Failure{Kind: "client", Err: err}
+		return &Failure{Kind: KindClient, Err: err}
 	}
 	req.Header.Set("Content-Type", api.ContentJSON)
 	resp, err := (&http.Client{Transport: tr, Timeout: g.cfg.Timeout}).Do(req)
 	if err != nil {
-		return -1, &Failure{Kind: KindTransport, Err: err}
+		return &Failure{Kind: KindTransport, Err: err}
 	}
-	retryAfter = -1
-	if resp.StatusCode == http.StatusServiceUnavailable {
-		retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), g.cfg.Clock.Now())
-	}
-	return retryAfter, classify(api.ReadResponse(resp, 1<<20, out))
+	return classify(api.ReadResponse(resp, 1<<20, out))
 }
 
 // classify turns an error of api.ReadResponse into a *Failure: an API
@@ -694,22 +668,4 @@ func classify(err error) error {
 		return &Failure{Kind: fmt.Sprintf("http_%d_%s", ae.Status, ae.Code), Err: err}
 	}
 	return &Failure{Kind: KindBadAnswer, Err: err}
-}
-
-// maxRetryAfter bounds how long one Retry-After makes a request wait.
-const maxRetryAfter = 5 * time.Minute
-
-// parseRetryAfter reads a Retry-After header: seconds, or an HTTP date;
-// -1 when there is none or it does not parse.
-func parseRetryAfter(v string, now time.Time) time.Duration {
-	if v == "" {
-		return -1
-	}
-	if s, err := strconv.Atoi(v); err == nil && s >= 0 {
-		return min(time.Duration(s)*time.Second, maxRetryAfter)
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		return min(max(t.Sub(now), 0), maxRetryAfter)
-	}
-	return -1
 }

@@ -3,6 +3,7 @@ package loadgen
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -83,5 +84,41 @@ func TestRetryAfter(t *testing.T) {
 	_, _, err = g.request(context.Background(), http.MethodGet, "/busy-no-header", nil, nil, &h)
 	if f, ok := err.(*Failure); !ok || f.Kind != "http_503_unavailable" || g.retries["http_503_unavailable"] != 3 {
 		t.Fatalf("without Retry-After: %v, retries %v; want http_503_unavailable and no retry", err, g.retries)
+	}
+}
+
+// TestRetryWait: which failures are retried, and after how long.
+func TestRetryWait(t *testing.T) {
+	g := &gen{cfg: Config{MaxRetries: 50}}
+	transport := &Failure{Kind: KindTransport, Err: errors.New("connection refused")}
+	busy := func(after time.Duration) error {
+		return classify(&api.Error{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, RetryAfter: after})
+	}
+	for _, tt := range []struct {
+		name     string
+		err      error
+		attempt  int
+		min, max time.Duration // retry when max > 0
+	}{
+		{"ok", nil, 0, 0, 0},
+		{"transport, first", transport, 0, 500 * time.Millisecond, time.Second},
+		{"transport, third", transport, 2, 2 * time.Second, 4 * time.Second},
+		{"transport, backoff capped", transport, 40, 15 * time.Second, 30 * time.Second},
+		{"transport, past MaxRetries", transport, 50, 0, 0},
+		{"503 with Retry-After", busy(3 * time.Second), 0, 3 * time.Second, 3 * time.Second},
+		{"503 with a long Retry-After", busy(time.Hour), 0, maxRetryAfter, maxRetryAfter},
+		{"503 without Retry-After", busy(0), 0, 0, 0},
+		{"503 past MaxRetries", busy(time.Second), 50, 0, 0},
+		{"403", classify(&api.Error{Status: http.StatusForbidden, Code: "forbidden"}), 0, 0, 0},
+		{"verification", fail(KindChain, "bad"), 0, 0, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			for range 20 { // the jitter
+				wait, kind, retry := g.retryWait(tt.err, tt.attempt)
+				if retry != (tt.max > 0) || retry && (wait < tt.min || wait > tt.max || kind != kindOf(tt.err)) {
+					t.Fatalf("retryWait = %v, %q, %v; want retry %v within [%v, %v]", wait, kind, retry, tt.max > 0, tt.min, tt.max)
+				}
+			}
+		})
 	}
 }

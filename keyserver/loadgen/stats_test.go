@@ -47,29 +47,6 @@ func TestPercentileRanks(t *testing.T) {
 	}
 }
 
-func TestParseRetryAfter(t *testing.T) {
-	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	for _, tt := range []struct {
-		in   string
-		want time.Duration
-	}{
-		{"", -1},
-		{"2", 2 * time.Second},
-		{"0", 0},
-		{"-3", -1},
-		{"soon", -1},
-		{"86400", maxRetryAfter},
-		{now.Add(7 * time.Second).Format(http1123), 7 * time.Second},
-		{now.Add(-time.Minute).Format(http1123), 0},
-	} {
-		if got := parseRetryAfter(tt.in, now); got != tt.want {
-			t.Errorf("parseRetryAfter(%q) = %v, want %v", tt.in, got, tt.want)
-		}
-	}
-}
-
-const http1123 = "Mon, 02 Jan 2006 15:04:05 GMT"
-
 func TestProcParsers(t *testing.T) {
 	// A command name with spaces and parentheses; utime 250, stime 50 ticks.
 	stat := "4242 (key (server) x) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 50 0 0 20 0 9 0 100 1000000 3000 18446744073709551615"

@@ -3,6 +3,7 @@ package loadgen
 import (
 	"crypto"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -25,6 +26,7 @@ const (
 const (
 	KindTransport = "transport"  // no answer: connection, TLS or timeout
 	KindBadAnswer = "bad_answer" // a 2xx answer that is not what the API says
+	KindClient    = "client"     // the generator failed to make a request
 )
 
 // Failure is a failed operation with its kind, for counting.
@@ -35,6 +37,16 @@ type Failure struct {
 
 func (f *Failure) Error() string { return f.Kind + ": " + f.Err.Error() }
 func (f *Failure) Unwrap() error { return f.Err }
+
+// kindOf is the kind of a failure, "other" for an error that is not a
+// *Failure.
+func kindOf(err error) string {
+	var f *Failure
+	if errors.As(err, &f) {
+		return f.Kind
+	}
+	return "other"
+}
 
 func fail(kind string, format string, args ...any) *Failure {
 	return &Failure{Kind: kind, Err: fmt.Errorf(format, args...)}
@@ -82,8 +94,8 @@ func (s *Issuers) add(root, c *x509.Certificate) {
 	s.pools[string(root.Raw)+string(c.Raw)] = pool
 }
 
-// NodeURI is the URI SAN of a node's CGC.
-func NodeURI(node string) string { return "keysystem://node/" + node }
+// nodeURI is the URI SAN of a node's CGC, as admission.NodeURI makes it.
+func nodeURI(node string) string { return "keysystem://node/" + node }
 
 // Verify checks a certificate (PEM, the leaf) and its issuer chain (PEM)
 // against want and returns the parsed leaf and chain; a mismatch is a
@@ -127,8 +139,8 @@ func Verify(certPEM, chainPEM string, want Expect) (*x509.Certificate, []*x509.C
 		for i, u := range leaf.URIs {
 			uris[i] = u.String()
 		}
-		if leaf.Subject.CommonName != want.Node || !slices.Equal(uris, []string{NodeURI(want.Node)}) {
-			return nil, nil, fail(KindName, "CGC for CN %q, URIs %v; want %q and %s", leaf.Subject.CommonName, uris, want.Node, NodeURI(want.Node))
+		if leaf.Subject.CommonName != want.Node || !slices.Equal(uris, []string{nodeURI(want.Node)}) {
+			return nil, nil, fail(KindName, "CGC for CN %q, URIs %v; want %q and %s", leaf.Subject.CommonName, uris, want.Node, nodeURI(want.Node))
 		}
 	} else if leaf.Subject.CommonName != want.Node && !slices.Contains(leaf.DNSNames, want.Node) {
 		return nil, nil, fail(KindName, "certificate for CN %q, DNS %v; want %q as either", leaf.Subject.CommonName, leaf.DNSNames, want.Node)

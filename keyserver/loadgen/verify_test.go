@@ -2,18 +2,17 @@ package loadgen
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
 	"net/url"
 	"testing"
 	"time"
+
+	"github.com/keysystem/keysystem/authority"
 )
 
 var now = time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
@@ -25,7 +24,7 @@ type ca struct {
 
 func newKeyT(t *testing.T) crypto.Signer {
 	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	k, err := authority.GenerateKey(authority.ECDSAP256)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,9 +70,7 @@ func (c *ca) leaf(t *testing.T, cn string, uris []string, dns []string, pub cryp
 	return pemOf(sign(t, tmpl, c.inter, pub, c.key))
 }
 
-func pemOf(c *x509.Certificate) string {
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
-}
+func pemOf(c *x509.Certificate) string { return string(authority.EncodePEM(c)) }
 
 func TestVerify(t *testing.T) {
 	kg, other := newCA(t, "keygranting"), newCA(t, "other")
@@ -91,23 +88,23 @@ func TestVerify(t *testing.T) {
 		kind   string
 	}
 	tests := []verifyCase{
-		{"good CGC", kg.leaf(t, node, []string{NodeURI(node)}, nil, nodeKey.Public()), chain, cgc, true, ""},
+		{"good CGC", kg.leaf(t, node, []string{nodeURI(node)}, nil, nodeKey.Public()), chain, cgc, true, ""},
 		{"good grant by CN", kg.leaf(t, node, nil, nil, nodeKey.Public()), chain, grant, true, ""},
 		{"good grant by DNS name", kg.leaf(t, "service", nil, []string{"x", node}, nodeKey.Public()), chain, grant, true, ""},
-		{"wrong CN", kg.leaf(t, "bench-abcdef-8", []string{NodeURI(node)}, nil, nodeKey.Public()), chain, cgc, false, KindName},
-		{"wrong URI", kg.leaf(t, node, []string{NodeURI("bench-abcdef-8")}, nil, nodeKey.Public()), chain, cgc, false, KindName},
+		{"wrong CN", kg.leaf(t, "bench-abcdef-8", []string{nodeURI(node)}, nil, nodeKey.Public()), chain, cgc, false, KindName},
+		{"wrong URI", kg.leaf(t, node, []string{nodeURI("bench-abcdef-8")}, nil, nodeKey.Public()), chain, cgc, false, KindName},
 		{"no URI", kg.leaf(t, node, nil, nil, nodeKey.Public()), chain, cgc, false, KindName},
-		{"extra URI", kg.leaf(t, node, []string{NodeURI(node), "spiffe://x/y"}, nil, nodeKey.Public()), chain, cgc, false, KindName},
+		{"extra URI", kg.leaf(t, node, []string{nodeURI(node), "spiffe://x/y"}, nil, nodeKey.Public()), chain, cgc, false, KindName},
 		{"grant for another node", kg.leaf(t, "web1", nil, []string{"web1"}, nodeKey.Public()), chain, grant, false, KindName},
-		{"wrong key", kg.leaf(t, node, []string{NodeURI(node)}, nil, otherKey.Public()), chain, cgc, false, KindKey},
-		{"wrong root", other.leaf(t, node, []string{NodeURI(node)}, nil, nodeKey.Public()), pemOf(other.inter), cgc, false, KindChain},
-		{"right root, chain missing", kg.leaf(t, node, []string{NodeURI(node)}, nil, nodeKey.Public()), "", cgc, false, KindChain},
-		{"expired", kg.leaf(t, node, []string{NodeURI(node)}, nil, nodeKey.Public()), chain, Expect{Root: kg.root, Node: node, CGC: true, Key: nodeKey.Public(), Now: now.Add(2 * time.Hour)}, false, KindChain},
+		{"wrong key", kg.leaf(t, node, []string{nodeURI(node)}, nil, otherKey.Public()), chain, cgc, false, KindKey},
+		{"wrong root", other.leaf(t, node, []string{nodeURI(node)}, nil, nodeKey.Public()), pemOf(other.inter), cgc, false, KindChain},
+		{"right root, chain missing", kg.leaf(t, node, []string{nodeURI(node)}, nil, nodeKey.Public()), "", cgc, false, KindChain},
+		{"expired", kg.leaf(t, node, []string{nodeURI(node)}, nil, nodeKey.Public()), chain, Expect{Root: kg.root, Node: node, CGC: true, Key: nodeKey.Public(), Now: now.Add(2 * time.Hour)}, false, KindChain},
 		{"garbage", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", chain, cgc, false, KindParse},
 		{"no certificate", "", chain, cgc, false, KindParse},
 		{"two certificates", pemOf(kg.inter) + pemOf(kg.inter), chain, cgc, false, KindParse},
 	}
-	tests = append(tests, verifyCase{"an intermediate verified under another root", kg.leaf(t, node, []string{NodeURI(node)}, nil, nodeKey.Public()), chain, Expect{Root: other.root, Node: node, CGC: true, Key: nodeKey.Public(), Now: now}, false, KindChain})
+	tests = append(tests, verifyCase{"an intermediate verified under another root", kg.leaf(t, node, []string{nodeURI(node)}, nil, nodeKey.Public()), chain, Expect{Root: other.root, Node: node, CGC: true, Key: nodeKey.Public(), Now: now}, false, KindChain})
 	// Without a cache, and with one the good cases fill first: the
 	// answers must be the same.
 	for _, cache := range []*Issuers{nil, {}} {
