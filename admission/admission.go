@@ -213,7 +213,28 @@ type Issued struct {
 const (
 	tokenPrefix = "tokens/"
 	nodePrefix  = "nodes/"
+	// prunePrefix indexes the token records by the moment they become
+	// prunable ("prune/<time>/<id>", empty values), so that pruning reads
+	// only the dead records, not all of them: with a fleet's worth of
+	// tokens in their retry window, reading every record every round
+	// would cost CPU and keep the whole token table in memory.
+	prunePrefix = "prune/"
+	// pruneIndexed marks a store whose every token record has its
+	// prune/ entry (stores written before the index get theirs from one
+	// full pass).
+	pruneIndexed = "meta/prune-indexed"
+	pruneTime    = "20060102T150405.000000000Z" // fixed width, so keys sort by time
 )
+
+// pruneKey is the prune/ index entry of rec, and false if rec is never
+// prunable.
+func (s *Service) pruneKey(rec tokens.Record) (string, bool) {
+	at, ok := rec.PrunableAt(s.cfg.Grace)
+	if !ok {
+		return "", false
+	}
+	return prunePrefix + at.UTC().Format(pruneTime) + "/" + rec.ID, true
+}
 
 // TokenSpec says what token to issue.
 type TokenSpec struct {
@@ -265,7 +286,11 @@ func (s *Service) IssueToken(ctx context.Context, spec TokenSpec) (tokens.Token,
 	if err != nil {
 		return tokens.Token{}, tokens.Record{}, fmt.Errorf("admission: %w", err)
 	}
-	err = s.cfg.Store.Txn(ctx, []store.Cond{{Key: tokenPrefix + tok.ID, Absent: true}}, []store.Op{{Key: tokenPrefix + tok.ID, Value: raw}})
+	// The prune entry says when the token expires; if it is redeemed
+	// late, Prune finds it still in its retry window and moves the entry.
+	entry, _ := s.pruneKey(rec)
+	err = s.cfg.Store.Txn(ctx, []store.Cond{{Key: tokenPrefix + tok.ID, Absent: true}},
+		[]store.Op{{Key: tokenPrefix + tok.ID, Value: raw}, {Key: entry, Value: []byte{}}})
 	if err != nil {
 		return tokens.Token{}, tokens.Record{}, fmt.Errorf("admission: store token: %w", err)
 	}
@@ -682,27 +707,89 @@ func (s *Service) RevokeNode(ctx context.Context, name string) (Node, error) {
 }
 
 // Prune deletes token records that can no longer be redeemed nor replayed,
-// and returns how many it removed.
+// and returns how many it removed. It reads the prune/ index up to now and
+// the records it names, not the other records.
 func (s *Service) Prune(ctx context.Context) (int, error) {
+	if err := s.indexForPrune(ctx); err != nil {
+		return 0, fmt.Errorf("admission: prune: %w", err)
+	}
 	now, n := s.cfg.Now(), 0
-	err := store.Each(ctx, s.cfg.Store, tokenPrefix, pageSize, func(kv store.KV) error {
-		var r tokens.Record
-		if err := json.Unmarshal(kv.Value, &r); err != nil || !r.Prunable(now, s.cfg.Grace) {
-			return nil
+	end := prunePrefix + now.UTC().Format(pruneTime) + "/\xff"
+	err := store.Each(ctx, s.cfg.Store, prunePrefix, pageSize, func(kv store.KV) error {
+		if kv.Key > end {
+			return errPruned
 		}
-		err := s.cfg.Store.Txn(ctx, []store.Cond{{Key: kv.Key, Value: kv.Value}}, []store.Op{{Key: kv.Key, Delete: true}})
-		if errors.Is(err, store.ErrConflict) {
-			return nil // changed under us; the next round looks again
-		}
-		if err == nil {
+		gone, err := s.pruneEntry(ctx, kv.Key, now)
+		if gone {
 			n++
 		}
 		return err
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, errPruned) {
 		return n, fmt.Errorf("admission: prune: %w", err)
 	}
 	return n, nil
+}
+
+var errPruned = errors.New("reached the entries not yet due")
+
+// pruneEntry deletes the token record of a due prune/ entry, and the entry.
+// An entry whose record is gone is dropped; one whose record is not in
+// fact prunable (redeemed late, so in its retry window past its expiry)
+// is moved to when it will be.
+func (s *Service) pruneEntry(ctx context.Context, entry string, now time.Time) (removed bool, err error) {
+	id := entry[strings.LastIndexByte(entry, '/')+1:]
+	raw, err := s.cfg.Store.Get(ctx, tokenPrefix+id)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, s.cfg.Store.Txn(ctx, nil, []store.Op{{Key: entry, Delete: true}})
+	} else if err != nil {
+		return false, err
+	}
+	var rec tokens.Record
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		return false, fmt.Errorf("token %s: %w", id, err)
+	}
+	remove := rec.Prunable(now, s.cfg.Grace)
+	ops := []store.Op{{Key: entry, Delete: true}}
+	if remove {
+		ops = append(ops, store.Op{Key: tokenPrefix + id, Delete: true})
+	} else if to, ok := s.pruneKey(rec); ok && to != entry {
+		ops = append(ops, store.Op{Key: to, Value: []byte{}})
+	} else {
+		return false, nil
+	}
+	err = s.cfg.Store.Txn(ctx, []store.Cond{{Key: tokenPrefix + id, Value: raw}}, ops)
+	if errors.Is(err, store.ErrConflict) {
+		return false, nil // changed under us; the next round looks again
+	}
+	return remove && err == nil, err
+}
+
+// indexForPrune gives every token record its prune/ entry, once per store:
+// records written before the index existed have none.
+func (s *Service) indexForPrune(ctx context.Context) error {
+	if _, err := s.cfg.Store.Get(ctx, pruneIndexed); err == nil {
+		return nil
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	err := store.Each(ctx, s.cfg.Store, tokenPrefix, pageSize, func(kv store.KV) error {
+		var rec tokens.Record
+		if err := json.Unmarshal(kv.Value, &rec); err != nil {
+			return nil // unreadable: left for an administrator, as before
+		}
+		entry, ok := s.pruneKey(rec)
+		if !ok {
+			return nil
+		}
+		// Unconditional: if the record changes meanwhile, an entry that
+		// comes due too early is moved by pruneEntry, never acted on.
+		return s.cfg.Store.Txn(ctx, nil, []store.Op{{Key: entry, Value: []byte{}}})
+	})
+	if err != nil {
+		return err
+	}
+	return s.cfg.Store.Txn(ctx, nil, []store.Op{{Key: pruneIndexed, Value: []byte("1")}})
 }
 
 func (s *Service) signCGC(node string, csr *x509.CertificateRequest) (*x509.Certificate, error) {

@@ -472,8 +472,8 @@ func TestIssueTokenStoresNoSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	kvs := snapshot(t, e.st)
-	if len(kvs) != 4 {
-		t.Fatalf("store holds %d keys, want 3 tokens and 1 node:%s", len(kvs), showKVs(kvs))
+	if len(kvs) != 7 {
+		t.Fatalf("store holds %d keys, want 3 tokens, their 3 prune entries and 1 node:%s", len(kvs), showKVs(kvs))
 	}
 	for _, tok := range []tokens.Token{redeemed, revoked, pending} {
 		for _, kv := range kvs {
@@ -1592,25 +1592,127 @@ func TestReplacedAuthorityRefusesItsCGCs(t *testing.T) {
 	}
 }
 
-// TestPruneInPages: Prune reads the tokens a page at a time and still
-// finds every dead one, and only those.
-func TestPruneInPages(t *testing.T) {
+// readCounter counts the store reads of token records.
+type readCounter struct {
+	admission.Store
+	mu         sync.Mutex
+	gets       int // of tokens/...
+	tokenPages int // pages listed of tokens/
+}
+
+func (r *readCounter) Get(ctx context.Context, key string) ([]byte, error) {
+	if strings.HasPrefix(key, "tokens/") {
+		r.mu.Lock()
+		r.gets++
+		r.mu.Unlock()
+	}
+	return r.Store.Get(ctx, key)
+}
+
+func (r *readCounter) ListPage(ctx context.Context, prefix, after string, limit int) ([]store.KV, error) {
+	if strings.HasPrefix(prefix, "tokens/") {
+		r.mu.Lock()
+		r.tokenPages++
+		r.mu.Unlock()
+	}
+	return r.Store.ListPage(ctx, prefix, after, limit)
+}
+
+// TestPruneReadsOnlyWhatIsDue: Prune finds every dead token, over more
+// than one page of them, and reads only those records, none of the live
+// ones.
+func TestPruneReadsOnlyWhatIsDue(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	const dead, live = 1100, 3 // more than one page
+	reads := &readCounter{}
+	e := newEnv(t, func(c *admission.Config) { reads.Store = c.Store; c.Store = reads })
+	if n, err := e.svc.Prune(t.Context()); n != 0 || err != nil {
+		t.Fatalf("first Prune = %d, %v; want 0", n, err)
+	}
+	const dead, live = 1100, 1500
 	for i := range dead {
 		e.issue(t, admission.TokenSpec{Node: fmt.Sprintf("n%04d.example", i), TTL: time.Minute})
 	}
 	for i := range live {
-		e.issue(t, admission.TokenSpec{Node: fmt.Sprintf("z%d.example", i), TTL: 2 * time.Hour})
+		e.issue(t, admission.TokenSpec{Node: fmt.Sprintf("z%04d.example", i), TTL: 2 * time.Hour})
 	}
 	e.advance(time.Hour)
+	reads.gets, reads.tokenPages = 0, 0
 	n, err := e.svc.Prune(t.Context())
 	if err != nil || n != dead {
 		t.Fatalf("Prune = %d, %v; want %d", n, err, dead)
 	}
+	if reads.gets != dead || reads.tokenPages != 0 {
+		t.Errorf("Prune read %d token records and listed %d pages of them; want %d and 0", reads.gets, reads.tokenPages, dead)
+	}
 	left, err := e.svc.ListTokens(t.Context())
 	if err != nil || len(left) != live {
 		t.Fatalf("after Prune %d tokens left (%v), want %d", len(left), err, live)
+	}
+	if entries, _ := e.st.List(t.Context(), "prune/"); len(entries) != live {
+		t.Errorf("%d prune entries left, want %d", len(entries), live)
+	}
+}
+
+// TestPruneIndexesOlderStores: a store whose token records have no prune
+// entries (written before there was an index) gets them from the first
+// Prune, which also removes what is already dead.
+func TestPruneIndexesOlderStores(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.issue(t, admission.TokenSpec{Node: "short.example", TTL: time.Hour})
+	long := e.issue(t, admission.TokenSpec{Node: "long.example", TTL: 3 * time.Hour})
+	e.admit(t, e.issue(t, admission.TokenSpec{Node: "redeemed.example", TTL: 2 * time.Hour}), newKey(t))
+	old, err := e.st.List(t.Context(), "prune/")
+	if err != nil || len(old) != 3 {
+		t.Fatalf("prune entries %v, %v; want 3", old, err)
+	}
+	for _, kv := range old {
+		if err := e.st.Txn(t.Context(), nil, []store.Op{{Key: kv.Key, Delete: true}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	e.advance(time.Hour)
+	if n, err := e.svc.Prune(t.Context()); n != 1 || err != nil {
+		t.Fatalf("Prune at 1h = %d, %v; want 1", n, err)
+	}
+	if entries, _ := e.st.List(t.Context(), "prune/"); len(entries) != 2 {
+		t.Errorf("prune entries after indexing: %s; want the 2 live tokens'", showKVs(entries))
+	}
+	e.advance(2 * time.Hour)
+	if n, err := e.svc.Prune(t.Context()); n != 2 || err != nil {
+		t.Fatalf("Prune at 3h = %d, %v; want 2", n, err)
+	}
+	if kvs, _ := e.st.List(t.Context(), "tokens/"+long.ID); len(kvs) != 0 {
+		t.Errorf("token %s left after it expired", long.ID)
+	}
+	if entries, _ := e.st.List(t.Context(), "prune/"); len(entries) != 0 {
+		t.Errorf("prune entries left: %s", showKVs(entries))
+	}
+}
+
+// TestPruneAfterLongerGrace: a keyserver restarted with a longer retry
+// window keeps a redeemed token that its entry, written under the shorter
+// window, says is due.
+func TestPruneAfterLongerGrace(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	tok := e.issue(t, admission.TokenSpec{TTL: time.Hour})
+	e.advance(55 * time.Minute)
+	e.admit(t, tok, newKey(t)) // due at 55m + grace
+	longer, err := admission.New(admission.Config{Store: e.st, KeyGranting: e.ka, CGCLifetime: cgcLife, Grace: 2 * grace, Now: e.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.now = t0.Add(55*time.Minute + grace)
+	if n, err := longer.Prune(t.Context()); n != 0 || err != nil {
+		t.Fatalf("Prune within the longer grace = %d, %v; want 0", n, err)
+	}
+	e.now = t0.Add(55*time.Minute + 2*grace)
+	if n, err := longer.Prune(t.Context()); n != 1 || err != nil {
+		t.Fatalf("Prune at the end of the longer grace = %d, %v; want 1", n, err)
+	}
+	if kvs := snapshot(t, e.st); len(kvs) != 2 { // the node and the marker
+		t.Errorf("store after the last Prune: %s", showKVs(kvs))
 	}
 }

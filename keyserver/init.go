@@ -180,6 +180,8 @@ max_token_ttl: 168h     # longest lifetime keyctl token issue --ttl may ask for
 max_conns: 256
 max_in_flight: 64       # at once
 max_queue: 1024         # waiting (up to 5s) for a turn
+# Memory: the keyserver runs Go's collector at GOGC=400 with a 128MiB soft
+# limit (GOMEMLIMIT); set either in its environment to change them.
 `
 
 // examplePolicy is the policy Init writes: short, and valid as written.

@@ -93,8 +93,8 @@ func (b *auditBuffer) events(t *testing.T) []keyserver.AuditEvent {
 }
 
 // gatedStore is the in-memory store with two hooks: pruned is closed once
-// the prune loop's first round has listed the tokens (so no later prune
-// can race a test), and onGet, when set, runs before every Get.
+// the prune loop's first round has listed the tokens that are due (so no
+// later prune can race a test), and onGet, when set, runs before every Get.
 type gatedStore struct {
 	*store.Memory
 	onGet  func(key string)
@@ -111,7 +111,7 @@ func (s *gatedStore) Get(ctx context.Context, key string) ([]byte, error) {
 
 func (s *gatedStore) ListPage(ctx context.Context, prefix, after string, limit int) ([]store.KV, error) {
 	defer func() {
-		if prefix == "tokens/" {
+		if prefix == "prune/" {
 			s.once.Do(func() { close(s.pruned) })
 		}
 	}()

@@ -137,17 +137,24 @@ func (r Record) Redeemed(a Attempt, serial string, certDER []byte) Record {
 // redeemed one once it has expired and its retry window has passed.
 // Records in any other state are never prunable.
 func (r Record) Prunable(now time.Time, grace time.Duration) bool {
+	at, ok := r.PrunableAt(grace)
+	return ok && !now.Before(at)
+}
+
+// PrunableAt is the moment from which r is Prunable; false for a state
+// that never is.
+func (r Record) PrunableAt(grace time.Duration) (time.Time, bool) {
 	switch r.State {
 	case StatePending, StateRevoked:
-		return !now.Before(r.Expires)
+		return r.Expires, true
 	case StateRedeemed:
 		end := r.RedeemedAt.Add(grace)
 		if r.Expires.After(end) {
 			end = r.Expires
 		}
-		return !now.Before(end)
+		return end, true
 	}
-	return false
+	return time.Time{}, false
 }
 
 // Redacted returns a copy of r without Hash, KeyHash and Cert, for listings.
