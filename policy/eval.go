@@ -65,17 +65,20 @@ func (p *Policy) GroupsOf(f Facts) []string {
 }
 
 // via says why a node with these groups has g, or "" when it does not.
-func (g *Grant) via(node string, groups []string) string {
+func (g *Grant) via(node string, groups []string) string { return g.to.via(node, groups) }
+
+// via says why a node with these groups is in a, or "" when it is not.
+func (a audience) via(node string, groups []string) string {
 	switch {
-	case g.to.all:
+	case a.all:
 		return "all nodes"
-	case slices.Contains(g.to.nodes, node):
+	case slices.Contains(a.nodes, node):
 		return "node " + node
 	}
-	if grp := firstGroup(g, groups); grp != "" {
+	if grp := a.firstGroup(groups); grp != "" {
 		return "group " + grp
 	}
-	for _, pat := range g.to.patterns {
+	for _, pat := range a.patterns {
 		if matchName(pat, node) {
 			return "pattern " + pat
 		}
@@ -83,10 +86,10 @@ func (g *Grant) via(node string, groups []string) string {
 	return ""
 }
 
-// firstGroup is the first of the grant's groups the node is in: the
-// {{.Group}} of its templates.
-func firstGroup(g *Grant, groups []string) string {
-	for _, grp := range g.to.groups {
+// firstGroup is the first of the audience's groups the node is in: the
+// {{.Group}} of a grant's templates.
+func (a audience) firstGroup(groups []string) string {
+	for _, grp := range a.groups {
 		if slices.Contains(groups, grp) {
 			return grp
 		}
@@ -240,7 +243,7 @@ func templateMessage(name string, err error) string {
 // GroupsOf gives them).
 func (p *Policy) render(g *Grant, f Facts, groups []string) (*Cert, error) {
 	short, domain, _ := strings.Cut(f.Node, ".")
-	data := templateData{Node: f.Node, Short: short, Domain: domain, Group: firstGroup(g, groups), Groups: groups, IPs: f.IPs, Grant: g.Name}
+	data := templateData{Node: f.Node, Short: short, Domain: domain, Group: g.to.firstGroup(groups), Groups: groups, IPs: f.IPs, Grant: g.Name}
 	run := func(t *template.Template) ([]string, error) {
 		s, err := execute(t, data)
 		return strings.Fields(s), err

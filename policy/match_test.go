@@ -264,10 +264,10 @@ func TestSampleFacts(t *testing.T) {
 	if f.Node == "" || len(f.IPs) == 0 || len(f.Groups) != 1 || f.Groups[0] != "b" {
 		t.Errorf("sampleFacts = %+v, want a node in the grant's first group, with addresses", f)
 	}
-	if firstGroup(g, []string{"a", "b"}) != "b" {
+	if g.to.firstGroup([]string{"a", "b"}) != "b" {
 		t.Error("firstGroup does not follow the grant's order")
 	}
-	if firstGroup(g, []string{"c"}) != "" {
+	if g.to.firstGroup([]string{"c"}) != "" {
 		t.Error("firstGroup of a node in none of the grant's groups is not empty")
 	}
 }

@@ -31,6 +31,7 @@ type fileDecl struct {
 	Authorities map[string]*authorityDecl `yaml:"authorities"`
 	Groups      map[string]*groupDecl     `yaml:"groups"`
 	Grants      map[string]*grantDecl     `yaml:"grants"`
+	ACME        *acmeDecl                 `yaml:"acme"`
 }
 
 type cgcDecl struct {
@@ -100,6 +101,7 @@ type parser struct {
 	file     string
 	root     *yaml.Node
 	problems Errors
+	files    [][]byte // read for the acme: section, in the order read
 
 	badTemplate bool // a template of the grant being built did not parse
 }
@@ -191,6 +193,10 @@ func Parse(file string, data []byte, read func(name string) ([]byte, error)) (*P
 			fmt.Fprintf(h, "\x00%s\x00%d\x00", name, len(g.Content))
 			h.Write(g.Content)
 		}
+	}
+	for _, f := range ps.files {
+		fmt.Fprintf(h, "\x00%d\x00", len(f))
+		h.Write(f)
 	}
 	p.digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
 	return p, nil
@@ -356,7 +362,7 @@ func (ps *parser) build(fd *fileDecl, read func(string) ([]byte, error)) *Policy
 		}
 		g := &Grant{Name: name, Type: d.Type}
 		p.lines[g] = ps.line(where...)
-		g.to = ps.audience(p, name, d.To, append(where, "to"))
+		g.to = ps.audience(p, fmt.Sprintf("grant %q", name), d.To, append(where, "to"))
 		switch d.Type {
 		case TypeX509:
 			ps.x509Grant(p, g, d, where, defLifetime, defKeyTypes)
@@ -372,6 +378,7 @@ func (ps *parser) build(fd *fileDecl, read func(string) ([]byte, error)) *Policy
 		}
 		p.grants[name] = g
 	}
+	ps.acme(p, fd.ACME, read)
 	return p
 }
 
@@ -413,9 +420,11 @@ func (ps *parser) patterns(list []string, where []string) []string {
 	return list
 }
 
-func (ps *parser) audience(p *Policy, grant string, d *toDecl, where []string) audience {
+// audience checks a to: list; owner says whose it is in messages
+// ("grant \"web\"").
+func (ps *parser) audience(p *Policy, owner string, d *toDecl, where []string) audience {
 	if d == nil {
-		ps.errorf(where[:2], "grant %q is given to no one: add to: with groups, nodes, patterns or all: true", grant)
+		ps.errorf(where[:len(where)-1], "%s is given to no one: add to: with groups, nodes, patterns or all: true", owner)
 		return audience{}
 	}
 	a := audience{
@@ -426,11 +435,11 @@ func (ps *parser) audience(p *Policy, grant string, d *toDecl, where []string) a
 	}
 	for i, g := range d.Groups {
 		if p.groups[g] == nil {
-			ps.errorf(append(where, "groups", strconv.Itoa(i)), "grant %q: no group %q in groups:", grant, g)
+			ps.errorf(append(where, "groups", strconv.Itoa(i)), "%s: no group %q in groups:", owner, g)
 		}
 	}
 	if !a.all && len(a.groups)+len(a.nodes)+len(a.patterns) == 0 {
-		ps.errorf(where, "grant %q is given to no one: to: needs groups, nodes, patterns or all: true", grant)
+		ps.errorf(where, "%s is given to no one: to: needs groups, nodes, patterns or all: true", owner)
 	}
 	return a
 }

@@ -77,6 +77,10 @@ type Policy struct {
 	groups      map[string]*group
 	grants      map[string]*Grant
 	lines       map[*Grant]int // for problems found after parsing (CheckAuthorities)
+
+	acmeAccounts map[string]*ACMEAccount
+	acmeCerts    map[string]*ACMECert
+	acmeLines    map[string]int // account lines, for ACMEAccountProblem
 }
 
 // namedAuthority is a named X.509 authority the policy may sign with.
@@ -188,6 +192,10 @@ func Empty() *Policy {
 		groups:      map[string]*group{},
 		grants:      map[string]*Grant{},
 		lines:       map[*Grant]int{},
+
+		acmeAccounts: map[string]*ACMEAccount{},
+		acmeCerts:    map[string]*ACMECert{},
+		acmeLines:    map[string]int{},
 	}
 	sum := sha256.Sum256(nil)
 	p.digest = "sha256:" + hex.EncodeToString(sum[:])
