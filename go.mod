@@ -3,6 +3,7 @@ module github.com/keysystem/keysystem
 go 1.26.8
 
 require (
+	github.com/go-acme/lego/v4 v4.35.2
 	go.etcd.io/bbolt v1.4.3
 	go.step.sm/crypto v0.91.1
 	golang.org/x/net v0.61.0
@@ -16,6 +17,7 @@ require (
 	github.com/Masterminds/goutils v1.1.1 // indirect
 	github.com/Masterminds/semver/v3 v3.5.0 // indirect
 	github.com/Masterminds/sprig/v3 v3.3.0 // indirect
+	github.com/cenkalti/backoff/v5 v5.0.3 // indirect
 	github.com/go-jose/go-jose/v3 v3.0.5 // indirect
 	github.com/go-jose/go-jose/v4 v4.1.4 // indirect
 	github.com/google/uuid v1.6.0 // indirect

@@ -1,0 +1,170 @@
+package acme_test
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-acme/lego/v4/certificate"
+	"github.com/go-acme/lego/v4/lego"
+	"github.com/go-acme/lego/v4/registration"
+
+	"github.com/keysystem/keysystem/keyserver/acme"
+	"github.com/keysystem/keysystem/keyserver/acme/pebbletest"
+	"github.com/keysystem/keysystem/keyserver/store"
+)
+
+const token = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"
+
+// serveHTTP01 runs the plain-HTTP challenge listener on loopback until the
+// test ends, and returns its address.
+func serveHTTP01(t *testing.T, st acme.Store) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := acme.NewHTTP01Server(st, slog.New(slog.DiscardHandler))
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String()
+}
+
+func TestHTTP01Handler(t *testing.T) {
+	st := store.NewMemory()
+	addr := serveHTTP01(t, st)
+	p := &acme.HTTP01Provider{Store: st, ProbeAddr: addr, ProbeTime: 5 * time.Second}
+	if err := p.Present("www.example.org", token, token+".thumbprint"); err != nil {
+		t.Fatalf("Present: %v", err)
+	}
+	get := func(method, host, path string) (int, string, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, "http://"+addr+path, nil)
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, resp.Header.Get("Content-Type"), string(body)
+	}
+	for _, tc := range []struct {
+		name, method, host, path string
+		status                   int
+	}{
+		{"the answer", "GET", "www.example.org", acme.ChallengePath + token, 200},
+		{"with the port Pebble sends", "GET", "www.example.org:5002", acme.ChallengePath + token, 200},
+		{"any case", "GET", "WWW.Example.ORG", acme.ChallengePath + token, 200},
+		{"another name", "GET", "other.example.org", acme.ChallengePath + token, 404},
+		{"unknown token", "GET", "www.example.org", acme.ChallengePath + strings.Repeat("A", 43), 404},
+		{"short token", "GET", "www.example.org", acme.ChallengePath + "abc", 404},
+		{"not base64url", "GET", "www.example.org", acme.ChallengePath + strings.Repeat("A", 40) + "%2F..", 404},
+		{"POST", "POST", "www.example.org", acme.ChallengePath + token, 404},
+		{"elsewhere", "GET", "www.example.org", "/", 404},
+		{"below the token", "GET", "www.example.org", acme.ChallengePath + token + "/x", 404},
+	} {
+		status, ctype, body := get(tc.method, tc.host, tc.path)
+		if status != tc.status {
+			t.Errorf("%s: status %d, want %d", tc.name, status, tc.status)
+		}
+		if status == 200 && (body != token+".thumbprint" || ctype != "application/octet-stream") {
+			t.Errorf("%s: %q (%s), want the key authorization", tc.name, body, ctype)
+		}
+	}
+	if err := p.CleanUp("www.example.org", token, token+".thumbprint"); err != nil {
+		t.Fatal(err)
+	}
+	if status, _, _ := get("GET", "www.example.org", acme.ChallengePath+token); status != 404 {
+		t.Errorf("after CleanUp: status %d, want 404", status)
+	}
+}
+
+// An answer the public address does not serve fails Present (so lego
+// never asks the CA, whose failed validations are rate limited) rather
+// than succeeding blind.
+func TestHTTP01PresentChecksTheAnswerIsServed(t *testing.T) {
+	st := store.NewMemory()
+	other := serveHTTP01(t, store.NewMemory()) // a front end proxying to a keyserver on another store
+	p := &acme.HTTP01Provider{Store: st, ProbeAddr: other, ProbeTime: 500 * time.Millisecond}
+	err := p.Present("www.example.org", token, token+".x")
+	if err == nil || !strings.Contains(err.Error(), "not served") || !strings.Contains(err.Error(), "404") {
+		t.Errorf("Present = %v, want not served (404)", err)
+	}
+}
+
+type user struct {
+	key crypto.PrivateKey
+	reg *registration.Resource
+}
+
+func (u *user) GetEmail() string                        { return "" }
+func (u *user) GetRegistration() *registration.Resource { return u.reg }
+func (u *user) GetPrivateKey() crypto.PrivateKey        { return u.key }
+
+// TestPebbleHTTP01 obtains a certificate from a real ACME server through
+// the provider: the CA's three concurrent probes reach the listener, and
+// the chain verifies against the CA's root.
+func TestPebbleHTTP01(t *testing.T) {
+	st := store.NewMemory()
+	addr := serveHTTP01(t, st)
+	_, port, _ := net.SplitHostPort(addr)
+	httpPort, _ := strconv.Atoi(port)
+	pb := pebbletest.Start(t, pebbletest.Options{HTTPPort: httpPort})
+
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	u := &user{key: key}
+	cfg := lego.NewConfig(u)
+	cfg.CADirURL = pb.Directory
+	cfg.HTTPClient = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pb.TLSRoots, MinVersion: tls.VersionTLS12}}}
+	client, err := lego.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Challenge.SetHTTP01Provider(&acme.HTTP01Provider{Store: st, ProbeAddr: addr}); err != nil {
+		t.Fatal(err)
+	}
+	u.reg, err = client.Registration.Register(registration.RegisterOptions{TermsOfServiceAgreed: true})
+	if err != nil {
+		t.Fatalf("register: %v", err)
+	}
+	certKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	res, err := client.Certificate.Obtain(certificate.ObtainRequest{Domains: []string{"www.example.test", "example.test"}, PrivateKey: certKey, Bundle: true})
+	if err != nil {
+		t.Fatalf("obtain: %v", err)
+	}
+	var chain []*x509.Certificate
+	for rest := res.Certificate; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chain = append(chain, c)
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := chain[0].Verify(x509.VerifyOptions{DNSName: "example.test", Roots: pb.IssuerRoots(t), Intermediates: inter}); err != nil {
+		t.Errorf("issued chain does not verify against Pebble's root: %v", err)
+	}
+	if kvs, _ := st.List(t.Context(), "acme/http01/"); len(kvs) != 0 {
+		t.Errorf("challenge answers left in the store: %v", kvs)
+	}
+}

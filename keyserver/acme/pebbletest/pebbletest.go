@@ -1,0 +1,285 @@
+// Package pebbletest runs a real ACME server for tests: Pebble, with
+// pebble-challtestsrv as the DNS server it resolves names through, both
+// on loopback, both built from the versions pinned in go.mod as Go tools.
+// Validation is real (never PEBBLE_VA_ALWAYS_VALID), strict, without
+// Pebble's random sleeps or authorization reuse, and with its default
+// share of bad-nonce rejections, so clients' retries are exercised.
+package pebbletest
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Pebble is a running Pebble.
+type Pebble struct {
+	Directory string         // the ACME directory URL
+	TLSRoots  *x509.CertPool // trust anchor of the directory's TLS certificate
+	RootsPEM  []byte         // the same, PEM (for a policy's ca_file)
+	Mgmt      string         // management API base URL (https)
+	DNS       string         // the DNS server Pebble resolves through (challtestsrv unless Options.DNSServer)
+	client    *http.Client
+}
+
+// Options for Start.
+type Options struct {
+	HTTPPort  int    // where Pebble sends HTTP-01 probes (to 127.0.0.1, as challtestsrv resolves every name there)
+	DNSServer string // host:port of a DNS server Pebble should use instead of challtestsrv
+}
+
+// tool returns the path of a Go tool of this module, building it if needed.
+func tool(t testing.TB, name string) string {
+	t.Helper()
+	out, err := exec.Command("go", "tool", "-n", name).Output()
+	if err != nil {
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		t.Fatalf("go tool -n %s (pinned in go.mod): %v\n%s", name, err, stderr)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Start runs Pebble (and challtestsrv) until the test ends.
+func Start(t testing.TB, opt Options) *Pebble {
+	t.Helper()
+	dir := t.TempDir()
+	caPEM, certPEM, keyPEM := tlsMaterial(t)
+	write := func(name string, data []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	dnsAddr := opt.DNSServer
+	if dnsAddr == "" {
+		dnsAddr = "127.0.0.1:" + strconv.Itoa(freePort(t))
+		run(t, "pebble-challtestsrv", []string{
+			"-dnsserver", dnsAddr, "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+			"-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "",
+			"-management", "127.0.0.1:" + strconv.Itoa(freePort(t)),
+		}, nil)
+	}
+	listen, mgmt := "127.0.0.1:"+strconv.Itoa(freePort(t)), "127.0.0.1:"+strconv.Itoa(freePort(t))
+	httpPort := opt.HTTPPort
+	if httpPort == 0 {
+		httpPort = freePort(t)
+	}
+	cfg := map[string]any{"pebble": map[string]any{
+		"listenAddress":                  listen,
+		"managementListenAddress":        mgmt,
+		"certificate":                    write("cert.pem", certPEM),
+		"privateKey":                     write("key.pem", keyPEM),
+		"httpPort":                       httpPort,
+		"tlsPort":                        freePort(t),
+		"ocspResponderURL":               "",
+		"externalAccountBindingRequired": false,
+		"domainBlocklist":                []string{"blocked-domain.example"},
+		"retryAfter":                     map[string]int{"authz": 1, "order": 1},
+		"keyAlgorithm":                   "ecdsa",
+		"profiles": map[string]any{
+			"default": map[string]any{"description": "default", "validityPeriod": 7776000},
+		},
+	}}
+	raw, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, "pebble", []string{"-config", write("pebble.json", raw), "-strict", "-dnsserver", dnsAddr},
+		[]string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_AUTHZREUSE=0"})
+
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	p := &Pebble{
+		Directory: "https://" + listen + "/dir",
+		TLSRoots:  pool,
+		RootsPEM:  caPEM,
+		Mgmt:      "https://" + mgmt,
+		DNS:       dnsAddr,
+		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		}},
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := p.client.Get(p.Directory)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pebble did not answer at %s: %v", p.Directory, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// IssuerRoots fetches the roots Pebble issues under, which it generates
+// afresh every start.
+func (p *Pebble) IssuerRoots(t testing.TB) *x509.CertPool {
+	t.Helper()
+	resp, err := p.client.Get(p.Mgmt + "/roots/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("pebble roots: %s %v", resp.Status, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		t.Fatalf("pebble roots: no certificate in %q", data)
+	}
+	return pool
+}
+
+// SetRenewalInfo makes Pebble's ARI answer for cert the JSON given.
+func (p *Pebble) SetRenewalInfo(t testing.TB, cert *x509.Certificate, ari string) {
+	t.Helper()
+	body, _ := json.Marshal(map[string]string{
+		"Certificate": string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})),
+		"ARIResponse": ari,
+	})
+	resp, err := p.client.Post(p.Mgmt+"/set-renewal-info/", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("set-renewal-info: %s", resp.Status)
+	}
+}
+
+// logWriter hands a process's output to the test log, line by line,
+// until the test ends.
+type logWriter struct {
+	t    testing.TB
+	name string
+	mu   sync.Mutex
+	done bool
+	buf  []byte
+}
+
+func (w *logWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, b...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			break
+		}
+		if !w.done {
+			w.t.Logf("%s: %s", w.name, w.buf[:i])
+		}
+		w.buf = w.buf[i+1:]
+	}
+	return len(b), nil
+}
+
+func (w *logWriter) stop() {
+	w.mu.Lock()
+	w.done = true
+	w.mu.Unlock()
+}
+
+func run(t testing.TB, name string, args, env []string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, tool(t, name), args...)
+	cmd.Env = append(os.Environ(), env...)
+	lw := &logWriter{t: t, name: name}
+	cmd.Stdout, cmd.Stderr = lw, lw
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("start %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		cmd.Wait()
+		lw.stop()
+	})
+}
+
+// tlsMaterial makes a CA and a certificate for 127.0.0.1 and localhost
+// signed by it, for Pebble's own API.
+func tlsMaterial(t testing.TB) (caPEM, certPEM, keyPEM []byte) {
+	t.Helper()
+	now := time.Now()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "pebbletest API root"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "pebble"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
+}
+
+// String describes p for logs.
+func (p *Pebble) String() string { return fmt.Sprintf("pebble at %s (dns %s)", p.Directory, p.DNS) }
