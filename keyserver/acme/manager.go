@@ -92,6 +92,10 @@ type CertFile struct {
 type labelState struct {
 	Current *Version `json:"current,omitempty"` // served
 	Next    *Version `json:"next,omitempty"`    // obtained, held back until ReadyAt
+	// Placeholder is served while there is no Current: self-signed,
+	// short-lived, version 0, so front ends can start their TLS listener
+	// at boot before the first real certificate exists.
+	Placeholder *Version `json:"placeholder,omitempty"`
 }
 
 type accountRecord struct {
@@ -302,9 +306,10 @@ func (m *Manager) put(ctx context.Context, label string, old []byte, st labelSta
 
 // Served is what a label serves for one key type.
 type Served struct {
-	Version   int
-	Fullchain []byte // PEM
-	Key       []byte // PEM
+	Version     int    // 0 for the placeholder
+	Placeholder bool   // self-signed, until the CA's certificate is ready
+	Fullchain   []byte // PEM
+	Key         []byte // PEM
 }
 
 // Get returns what the label serves for a key type: the current version,
@@ -318,21 +323,24 @@ func (m *Manager) Get(ctx context.Context, label, keyType string) (*Served, erro
 		return nil, err
 	}
 	if st.Next != nil && !m.cfg.Now().Before(st.Next.ReadyAt) {
-		st.Current, st.Next = st.Next, nil
+		st.Current, st.Next, st.Placeholder = st.Next, nil, nil
 		if err := m.put(ctx, label, raw, st); err != nil && !errors.Is(err, store.ErrConflict) {
 			return nil, err
 		}
 	}
-	if st.Current == nil {
-		return nil, fmt.Errorf("%w: %q", ErrNotReady, label)
+	v := st.Current
+	if v == nil {
+		if v, err = m.placeholder(ctx, label); err != nil {
+			return nil, err
+		}
 	}
-	cf := st.Current.Certs[keyType]
+	cf := v.Certs[keyType]
 	if cf == nil {
 		return nil, fmt.Errorf("%w: %q has no %s certificate", ErrNotReady, label, keyType)
 	}
-	key, err := m.cfg.Sealer.Open(cf.Key, fmt.Sprintf("%s%s/%d/%s", labelPrefix, label, st.Current.Number, keyType))
+	key, err := m.cfg.Sealer.Open(cf.Key, fmt.Sprintf("%s%s/%d/%s", labelPrefix, label, v.Number, keyType))
 	if err != nil {
 		return nil, err
 	}
-	return &Served{Version: st.Current.Number, Fullchain: cf.Fullchain, Key: key}, nil
+	return &Served{Version: v.Number, Placeholder: v.Number == 0, Fullchain: cf.Fullchain, Key: key}, nil
 }

@@ -66,7 +66,7 @@ func newACMEEnv(t *testing.T, certs string) *acmeEnv {
 }
 
 // TestObtainEveryKeyType: a label is obtained in both key types, held back
-// for the staging time, then served: each chain verifies against the CA's
+// for the staging time (the placeholder is served meanwhile), then served: each chain verifies against the CA's
 // root, each key matches its certificate, and no key is in the store in
 // clear.
 func TestObtainEveryKeyType(t *testing.T) {
@@ -78,8 +78,8 @@ func TestObtainEveryKeyType(t *testing.T) {
 	if v.Number != 1 || len(v.Certs) != 2 {
 		t.Fatalf("version %d with %d certificates, want 1 with 2", v.Number, len(v.Certs))
 	}
-	if _, err := e.mgr.Get(t.Context(), "web", "ecdsa-p256"); !errors.Is(err, acme.ErrNotReady) {
-		t.Errorf("Get during the staging time = %v, want ErrNotReady", err)
+	if s, err := e.mgr.Get(t.Context(), "web", "ecdsa-p256"); err != nil || !s.Placeholder {
+		t.Errorf("Get during the staging time = %+v, %v; want the placeholder", s, err)
 	}
 	kvs, _ := e.store.List(t.Context(), "")
 	for _, kv := range kvs {
