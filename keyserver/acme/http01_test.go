@@ -1,28 +1,15 @@
 package acme_test
 
 import (
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/go-acme/lego/v4/certificate"
-	"github.com/go-acme/lego/v4/lego"
-	"github.com/go-acme/lego/v4/registration"
-
 	"github.com/keysystem/keysystem/keyserver/acme"
-	"github.com/keysystem/keysystem/keyserver/acme/pebbletest"
 	"github.com/keysystem/keysystem/keyserver/store"
 )
 
@@ -102,69 +89,5 @@ func TestHTTP01PresentChecksTheAnswerIsServed(t *testing.T) {
 	err := p.Present("www.example.org", token, token+".x")
 	if err == nil || !strings.Contains(err.Error(), "not served") || !strings.Contains(err.Error(), "404") {
 		t.Errorf("Present = %v, want not served (404)", err)
-	}
-}
-
-type user struct {
-	key crypto.PrivateKey
-	reg *registration.Resource
-}
-
-func (u *user) GetEmail() string                        { return "" }
-func (u *user) GetRegistration() *registration.Resource { return u.reg }
-func (u *user) GetPrivateKey() crypto.PrivateKey        { return u.key }
-
-// TestPebbleHTTP01 obtains a certificate from a real ACME server through
-// the provider: the CA's three concurrent probes reach the listener, and
-// the chain verifies against the CA's root.
-func TestPebbleHTTP01(t *testing.T) {
-	st := store.NewMemory()
-	addr := serveHTTP01(t, st)
-	_, port, _ := net.SplitHostPort(addr)
-	httpPort, _ := strconv.Atoi(port)
-	pb := pebbletest.Start(t, pebbletest.Options{HTTPPort: httpPort})
-
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	u := &user{key: key}
-	cfg := lego.NewConfig(u)
-	cfg.CADirURL = pb.Directory
-	cfg.HTTPClient = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pb.TLSRoots, MinVersion: tls.VersionTLS12}}}
-	client, err := lego.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := client.Challenge.SetHTTP01Provider(&acme.HTTP01Provider{Store: st, ProbeAddr: addr}); err != nil {
-		t.Fatal(err)
-	}
-	u.reg, err = client.Registration.Register(registration.RegisterOptions{TermsOfServiceAgreed: true})
-	if err != nil {
-		t.Fatalf("register: %v", err)
-	}
-	certKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	res, err := client.Certificate.Obtain(certificate.ObtainRequest{Domains: []string{"www.example.test", "example.test"}, PrivateKey: certKey, Bundle: true})
-	if err != nil {
-		t.Fatalf("obtain: %v", err)
-	}
-	var chain []*x509.Certificate
-	for rest := res.Certificate; ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		chain = append(chain, c)
-	}
-	inter := x509.NewCertPool()
-	for _, c := range chain[1:] {
-		inter.AddCert(c)
-	}
-	if _, err := chain[0].Verify(x509.VerifyOptions{DNSName: "example.test", Roots: pb.IssuerRoots(t), Intermediates: inter}); err != nil {
-		t.Errorf("issued chain does not verify against Pebble's root: %v", err)
-	}
-	if kvs, _ := st.List(t.Context(), "acme/http01/"); len(kvs) != 0 {
-		t.Errorf("challenge answers left in the store: %v", kvs)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -85,6 +86,9 @@ func TestObtainEveryKeyType(t *testing.T) {
 	for _, kv := range kvs {
 		if bytes.Contains(kv.Value, []byte("PRIVATE KEY")) {
 			t.Errorf("%s holds a private key in clear", kv.Key)
+		}
+		if strings.HasPrefix(kv.Key, "acme/http01/") {
+			t.Errorf("challenge answer %s left in the store", kv.Key)
 		}
 	}
 
