@@ -17,56 +17,14 @@ import (
 	"time"
 
 	"github.com/keysystem/keysystem/authority"
+	"github.com/keysystem/keysystem/keyclient/clocktest"
 	"github.com/keysystem/keysystem/keyserver/api"
 	"github.com/keysystem/keysystem/policy"
 )
 
-// testClock moves only when told; After channels fire when it passes them.
-type testClock struct {
-	mu      sync.Mutex
-	now     time.Time
-	pending []testTimer
+func newTestClock() *clocktest.Clock {
+	return clocktest.New(time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC))
 }
-
-type testTimer struct {
-	at time.Time
-	ch chan time.Time
-}
-
-func newTestClock() *testClock {
-	return &testClock{now: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)}
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) After(d time.Duration) <-chan time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ch := make(chan time.Time, 1)
-	c.pending = append(c.pending, testTimer{c.now.Add(d), ch})
-	return ch
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	keep := c.pending[:0]
-	for _, p := range c.pending {
-		if !p.at.After(c.now) {
-			p.ch <- c.now
-		} else {
-			keep = append(keep, p)
-		}
-	}
-	c.pending = keep
-}
-
-func (c *testClock) Set(t time.Time) { c.Advance(t.Sub(c.Now())) }
 
 // fakeKeyserver answers the items' calls as the keyserver would, with a
 // real authority signing and a GrantInfo per grant. It stands in for the
@@ -231,7 +189,7 @@ func (f *fakeKeyserver) setFail(name string, err error) {
 // keyserver.
 type rig struct {
 	t     *testing.T
-	clk   *testClock
+	clk   *clocktest.Clock
 	ks    *fakeKeyserver
 	cfg   *Config
 	c     *Client

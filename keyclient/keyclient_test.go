@@ -237,38 +237,7 @@ func TestHonourRetryAfter(t *testing.T) {
 // with the CGC while a renewal holds rotating (it would be refused, and
 // audited as key theft). Requests without the CGC are not held up.
 func TestRequestsWithTheCGCWaitForARenewal(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan struct{}, 8)
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conn.Close()
-			accepted <- struct{}{}
-		}
-	}()
-	ka := newAuthority(t, "keygranting", time.Now)
-	key, err := authority.GenerateKey(authority.ECDSAP256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := ka.Sign(authority.Request{PublicKey: key.Public(), CommonName: "web1", Lifetime: time.Hour, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &Client{
-		cfg:    &Config{Servers: []string{"https://" + ln.Addr().String()}},
-		opts:   Options{Clock: realClock{}, RequestTimeout: 10 * time.Second},
-		anchor: ka.Root(),
-		key:    key,
-		certs:  []*x509.Certificate{cert},
-	}
+	c, accepted := heldClient(t, nil)
 	send := func(as auth) chan error {
 		done := make(chan error, 1)
 		go func() {
@@ -276,26 +245,14 @@ func TestRequestsWithTheCGCWaitForARenewal(t *testing.T) {
 		}()
 		return done
 	}
-	wait := func(what string) {
-		t.Helper()
-		select {
-		case <-accepted:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("%s never reached the keyserver", what)
-		}
-	}
 
 	c.rotating.Lock()
 	<-send(noCGC)
-	wait("a request without the CGC, during a renewal,")
+	accepted.wait(t, "a request without the CGC, during a renewal,")
 	held := send(withCGC)
-	select {
-	case <-accepted:
-		t.Fatal("a request with the CGC went out during a renewal")
-	case <-time.After(200 * time.Millisecond):
-	}
+	accepted.none(t, "a request with the CGC went out during a renewal")
 	c.rotating.Unlock()
-	wait("a request with the CGC, after the renewal,")
+	accepted.wait(t, "a request with the CGC, after the renewal,")
 	<-held
 }
 
@@ -304,13 +261,54 @@ func TestRequestsWithTheCGCWaitForARenewal(t *testing.T) {
 // does: no request may go out with the CGC while the admission is under
 // way.
 func TestRequestsWithTheCGCWaitForAnAdmission(t *testing.T) {
+	release := make(chan struct{})
+	c, accepted := heldClient(t, release)
+	admitted := make(chan error, 1)
+	go func() { _, err := c.admit(t.Context()); admitted <- err }()
+	accepted.wait(t, "the admission")
+	held := make(chan error, 1)
+	go func() {
+		held <- c.roundTrip(t.Context(), http.MethodGet, api.PathNode, nil, withCGC, func(*http.Response) error { return nil })
+	}()
+	accepted.none(t, "a request with the CGC went out during an admission")
+	close(release)
+	<-admitted // refused: the connection closed
+	accepted.wait(t, "a request with the CGC, after the admission,")
+	<-held
+}
+
+// acceptances reports each connection a listener accepted.
+type acceptances chan struct{}
+
+func (a acceptances) wait(t *testing.T, what string) {
+	t.Helper()
+	select {
+	case <-a:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s never reached the keyserver", what)
+	}
+}
+
+func (a acceptances) none(t *testing.T, msg string) {
+	t.Helper()
+	select {
+	case <-a:
+		t.Fatal(msg)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+// heldClient is a client holding a CGC for web1 (and a token), whose
+// keyserver is a listener that only accepts connections, reports each, and
+// closes it at once, or when release is closed if it is not nil.
+func heldClient(t *testing.T, release chan struct{}) (*Client, acceptances) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	accepted := make(chan struct{}, 8)
-	release := make(chan struct{})
+	t.Cleanup(func() { ln.Close() })
+	accepted := make(acceptances, 8)
 	go func() {
 		for {
 			conn, err := ln.Accept()
@@ -318,6 +316,10 @@ func TestRequestsWithTheCGCWaitForAnAdmission(t *testing.T) {
 				return
 			}
 			accepted <- struct{}{}
+			if release == nil {
+				conn.Close()
+				continue
+			}
 			go func() { <-release; conn.Close() }()
 		}
 	}()
@@ -330,36 +332,12 @@ func TestRequestsWithTheCGCWaitForAnAdmission(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &Client{
+	return &Client{
 		cfg:    &Config{Node: "web1", Servers: []string{"https://" + ln.Addr().String()}, Token: validToken(t), StateDir: t.TempDir()},
 		opts:   Options{Clock: realClock{}, RequestTimeout: 10 * time.Second},
 		log:    quietLogger(),
 		anchor: ka.Root(),
 		key:    key,
 		certs:  []*x509.Certificate{cert},
-	}
-	wait := func(what string) {
-		t.Helper()
-		select {
-		case <-accepted:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("%s never reached the keyserver", what)
-		}
-	}
-	admitted := make(chan error, 1)
-	go func() { _, err := c.admit(t.Context()); admitted <- err }()
-	wait("the admission")
-	held := make(chan error, 1)
-	go func() {
-		held <- c.roundTrip(t.Context(), http.MethodGet, api.PathNode, nil, withCGC, func(*http.Response) error { return nil })
-	}()
-	select {
-	case <-accepted:
-		t.Fatal("a request with the CGC went out during an admission")
-	case <-time.After(200 * time.Millisecond):
-	}
-	close(release)
-	<-admitted // refused: the connection closed
-	wait("a request with the CGC, after the admission,")
-	<-held
+	}, accepted
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/keysystem/keysystem/authority"
 	"github.com/keysystem/keysystem/keyclient"
+	"github.com/keysystem/keysystem/keyclient/clocktest"
 	"github.com/keysystem/keysystem/keyserver"
 	"github.com/keysystem/keysystem/keyserver/api"
 	"github.com/keysystem/keysystem/keyserver/store"
@@ -215,7 +216,7 @@ type itemsServer struct {
 	web *authority.Authority
 }
 
-func startItemsServer(t *testing.T, clk *fakeClock) *itemsServer {
+func startItemsServer(t *testing.T, clk *clocktest.Clock) *itemsServer {
 	t.Helper()
 	auths, err := keyserver.GenerateAuthorities("", false)
 	if err != nil {
@@ -475,7 +476,7 @@ func TestRunIssuesItemsOnceAdmitted(t *testing.T) {
 // status reports on what is there; a refused item makes both exit 1.
 func TestOnceAndStatusCommands(t *testing.T) {
 	// The keyclient command reads the real clock: so does this keyserver.
-	clk := &fakeClock{now: time.Now().UTC(), waits: make(chan time.Duration, 16)}
+	clk := newFakeClock()
 	ks := startItemsServer(t, clk)
 	dir := t.TempDir()
 	cfg := ks.itemsConfig(t, dir, issue(t, ks.rig, itemsNode))

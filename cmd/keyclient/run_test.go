@@ -23,65 +23,24 @@ import (
 	"github.com/keysystem/keysystem/admission"
 	"github.com/keysystem/keysystem/authority"
 	"github.com/keysystem/keysystem/keyclient"
+	"github.com/keysystem/keysystem/keyclient/clocktest"
 	"github.com/keysystem/keysystem/keyserver"
 	"github.com/keysystem/keysystem/keyserver/api"
 	"github.com/keysystem/keysystem/keyserver/store"
 )
 
-// fakeClock fires After channels only when advanced; each After call is
-// reported on waits so the test knows what the daemon is waiting for.
-type fakeClock struct {
-	mu      sync.Mutex
-	now     time.Time
-	pending []pendingTimer
-	waits   chan time.Duration
-}
-
-type pendingTimer struct {
-	at time.Time
-	ch chan time.Time
-}
-
 // newFakeClock starts at the real time: the keyserver's own authorities
 // (GenerateAuthorities) are made with the real clock, so a fixed start
 // would fall before their validity once the real date passes it.
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Now().UTC().Truncate(time.Second), waits: make(chan time.Duration, 16)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
-	c.mu.Lock()
-	ch := make(chan time.Time, 1)
-	c.pending = append(c.pending, pendingTimer{c.now.Add(d), ch})
-	c.mu.Unlock()
-	c.waits <- d
-	return ch
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	keep := c.pending[:0]
-	for _, p := range c.pending {
-		if !p.at.After(c.now) {
-			p.ch <- c.now
-		} else {
-			keep = append(keep, p)
-		}
-	}
-	c.pending = keep
+func newFakeClock() *clocktest.Clock {
+	c := clocktest.New(time.Now().UTC().Truncate(time.Second))
+	c.Waits = make(chan time.Duration, 16)
+	return c
 }
 
 type rig struct {
 	t     *testing.T
-	clk   *fakeClock
+	clk   *clocktest.Clock
 	srv   *keyserver.Server
 	st    store.Store
 	auths *keyserver.Authorities
@@ -91,7 +50,7 @@ type rig struct {
 
 // startKeyserver serves a keyserver on addr ("" for a fresh port) until
 // the returned rig's stop is called; edit adds to its config.
-func startKeyserver(t *testing.T, clk *fakeClock, st store.Store, auths *keyserver.Authorities, addr string, edit ...func(*keyserver.Config)) *rig {
+func startKeyserver(t *testing.T, clk *clocktest.Clock, st store.Store, auths *keyserver.Authorities, addr string, edit ...func(*keyserver.Config)) *rig {
 	t.Helper()
 	cfg := keyserver.Config{
 		Names:       []string{"127.0.0.1"},
@@ -172,10 +131,10 @@ func setup(t *testing.T) *rig {
 }
 
 // nextWait returns what the daemon waits for next.
-func nextWait(t *testing.T, clk *fakeClock) time.Duration {
+func nextWait(t *testing.T, clk *clocktest.Clock) time.Duration {
 	t.Helper()
 	select {
-	case d := <-clk.waits:
+	case d := <-clk.Waits:
 		return d
 	case <-time.After(30 * time.Second): // only a hang guard: the daemon has no reason to be slow
 		t.Fatal("the daemon never went to sleep")
