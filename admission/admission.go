@@ -348,30 +348,18 @@ func (s *Service) RevokeToken(ctx context.Context, id string) (tokens.Record, er
 	return out, err
 }
 
-// update is a read-modify-write of one key with optimistic concurrency:
-// fn sees the current value (nil when absent) and returns the new one, or
-// nil to leave it as it is.
+// update is store.Update, its store errors wrapped.
 func (s *Service) update(ctx context.Context, key string, fn func(raw []byte) ([]byte, error)) error {
-	for {
-		raw, err := s.cfg.Store.Get(ctx, key)
-		cond := store.Cond{Key: key, Value: raw}
-		if errors.Is(err, store.ErrNotFound) {
-			raw, cond = nil, store.Cond{Key: key, Absent: true}
-		} else if err != nil {
-			return fmt.Errorf("admission: %w", err)
-		}
+	var fnErr error
+	err := store.Update(ctx, s.cfg.Store, key, func(raw []byte) ([]byte, error) {
 		next, err := fn(raw)
-		if err != nil || next == nil {
-			return err
-		}
-		err = s.cfg.Store.Txn(ctx, []store.Cond{cond}, []store.Op{{Key: key, Value: next}})
-		if !errors.Is(err, store.ErrConflict) {
-			if err != nil {
-				return fmt.Errorf("admission: %w", err)
-			}
-			return nil
-		}
+		fnErr = err
+		return next, err
+	})
+	if err != nil && err != fnErr {
+		return fmt.Errorf("admission: %w", err)
 	}
+	return err
 }
 
 // AdmitRequest is a node's attempt to redeem a token.

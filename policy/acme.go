@@ -73,11 +73,19 @@ type EAB struct {
 	HMAC  []byte
 }
 
+// String leaves the HMAC key out, so an EAB printed or logged shows none.
+func (e EAB) String() string { return fmt.Sprintf("EAB{KeyID: %s, HMAC: [redacted]}", e.KeyID) }
+
 // DNSProvider names a lego DNS provider and its settings, given as the
 // environment variables lego documents for it.
 type DNSProvider struct {
 	Name string
 	Env  map[string]string
+}
+
+// String names the settings but not their values, which hold credentials.
+func (d DNSProvider) String() string {
+	return fmt.Sprintf("DNSProvider{Name: %s, Env: %s}", d.Name, strings.Join(sortedKeys(d.Env), " "))
 }
 
 // ACMECert is a label: one set of names, obtained in each key type.
@@ -96,7 +104,7 @@ func (c *ACMECert) Wildcard() bool {
 	return slices.ContainsFunc(c.Names, func(n string) bool { return strings.HasPrefix(n, "*.") })
 }
 
-// For says why a node with these facts may fetch c's keys and
+// ACMEFor says why a node with these facts may fetch c's keys and
 // certificates, or returns ErrNotGranted.
 func (p *Policy) ACMEFor(c *ACMECert, f Facts) (string, error) {
 	if via := c.to.via(f.Node, p.GroupsOf(f)); via != "" {
@@ -116,13 +124,6 @@ func (p *Policy) ACMELabels() []string { return sortedKeys(p.acmeCerts) }
 
 // ACMECert returns the certificate with this label, or nil.
 func (p *Policy) ACMECert(label string) *ACMECert { return p.acmeCerts[label] }
-
-// ACMEAccountProblem is a problem with an account, at its line, for
-// checks the keyserver makes after parsing (a DNS provider that does not
-// exist).
-func (p *Policy) ACMEAccountProblem(account, msg string) Problem {
-	return Problem{p.file, p.acmeLines[account], fmt.Sprintf("acme account %q: %s", account, msg)}
-}
 
 type acmeDecl struct {
 	Accounts     map[string]*acmeAccountDecl `yaml:"accounts"`
@@ -169,7 +170,6 @@ func (ps *parser) acme(p *Policy, d *acmeDecl, read func(string) ([]byte, error)
 	}
 	for _, name := range sortedKeys(d.Accounts) {
 		where := at("acme", "accounts", name)
-		p.acmeLines[name] = ps.line(where...)
 		if a := ps.acmeAccount(name, d.Accounts[name], where, read); a != nil {
 			p.acmeAccounts[name] = a
 		}
@@ -234,7 +234,7 @@ func (ps *parser) eab(d *eabDecl, where []string, owner string, read func(string
 		ps.errorf(where, "%s: eab needs both kid and hmac_file (the file holding the CA's base64url HMAC key)", owner)
 		return nil
 	}
-	data, ok := ps.readFile(read, d.HMACFile, append(where, "hmac_file"), owner)
+	data, ok := ps.readFile(read, d.HMACFile, append(where, "hmac_file"), owner, true)
 	if !ok {
 		return nil
 	}
@@ -247,7 +247,7 @@ func (ps *parser) eab(d *eabDecl, where []string, owner string, read func(string
 }
 
 func (ps *parser) roots(file string, where []string, owner string, read func(string) ([]byte, error)) []*x509.Certificate {
-	data, ok := ps.readFile(read, file, where, owner)
+	data, ok := ps.readFile(read, file, where, owner, false)
 	if !ok {
 		return nil
 	}
@@ -280,7 +280,7 @@ func (ps *parser) dnsProvider(d *dnsProviderDecl, where []string, owner string, 
 	}
 	env := map[string]string{}
 	if d.EnvFile != "" {
-		if data, ok := ps.readFile(read, d.EnvFile, append(where, "env_file"), owner); ok {
+		if data, ok := ps.readFile(read, d.EnvFile, append(where, "env_file"), owner, true); ok {
 			sc := bufio.NewScanner(bytes.NewReader(data))
 			for n := 1; sc.Scan(); n++ {
 				line := strings.TrimSpace(sc.Text())
@@ -305,8 +305,10 @@ func (ps *parser) dnsProvider(d *dnsProviderDecl, where []string, owner string, 
 	return &DNSProvider{Name: d.Provider, Env: env}
 }
 
-// readFile reads a file the policy names, recording it for the digest.
-func (ps *parser) readFile(read func(string) ([]byte, error), name string, where []string, owner string) ([]byte, bool) {
+// readFile reads a file the policy names, recording it for the digest
+// unless it is secret: the digest is shown to every node, and a hash of a
+// short secret could be tested against guesses.
+func (ps *parser) readFile(read func(string) ([]byte, error), name string, where []string, owner string, secret bool) ([]byte, bool) {
 	if read == nil {
 		ps.errorf(where, "%s: files cannot be read here", owner)
 		return nil, false
@@ -316,7 +318,9 @@ func (ps *parser) readFile(read func(string) ([]byte, error), name string, where
 		ps.errorf(where, "%s: %v", owner, err)
 		return nil, false
 	}
-	ps.files = append(ps.files, data)
+	if !secret {
+		ps.files = append(ps.files, data)
+	}
 	return data, true
 }
 

@@ -101,7 +101,7 @@ type parser struct {
 	file     string
 	root     *yaml.Node
 	problems Errors
-	files    [][]byte // read for the acme: section, in the order read
+	files    [][]byte // read for the acme: section (not the secret ones), in the order read
 
 	badTemplate bool // a template of the grant being built did not parse
 }

@@ -80,7 +80,6 @@ type Policy struct {
 
 	acmeAccounts map[string]*ACMEAccount
 	acmeCerts    map[string]*ACMECert
-	acmeLines    map[string]int // account lines, for ACMEAccountProblem
 }
 
 // namedAuthority is a named X.509 authority the policy may sign with.
@@ -195,7 +194,6 @@ func Empty() *Policy {
 
 		acmeAccounts: map[string]*ACMEAccount{},
 		acmeCerts:    map[string]*ACMECert{},
-		acmeLines:    map[string]int{},
 	}
 	sum := sha256.Sum256(nil)
 	p.digest = "sha256:" + hex.EncodeToString(sum[:])

@@ -115,6 +115,21 @@ func (s *Staged) Commit() error {
 	return syncDir(dir)
 }
 
+// CommitNew is Commit for a target that must not exist yet: of several
+// writers creating one file at once, exactly one succeeds and the others
+// get an error matching fs.ErrExist, the winner's file untouched.
+func (s *Staged) CommitNew() error {
+	if s.done {
+		return ErrDone
+	}
+	s.done = true
+	defer os.Remove(s.tmp)
+	if err := os.Link(s.tmp, s.path); err != nil {
+		return fmt.Errorf("keyfile: %w", err)
+	}
+	return syncDir(filepath.Dir(s.path))
+}
+
 // Abort removes the staged file; the target is not touched. Aborting a
 // committed or aborted file does nothing.
 func (s *Staged) Abort() {

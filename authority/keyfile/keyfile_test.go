@@ -2,6 +2,7 @@ package keyfile
 
 import (
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -147,5 +148,35 @@ func TestStageFailureLeavesNothing(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 		t.Errorf("%d entries left behind", len(entries))
+	}
+}
+
+// CommitNew creates the target or, when it exists, leaves it alone and
+// says so; either way no temporary file is left.
+func TestCommitNew(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "key")
+	first, err := Stage(path, []byte("first"), 0o600, NoOwner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := Stage(path, []byte("second"), 0o600, NoOwner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.CommitNew(); err != nil {
+		t.Fatalf("CommitNew: %v", err)
+	}
+	if err := second.CommitNew(); !errors.Is(err, fs.ErrExist) {
+		t.Errorf("CommitNew over an existing file = %v, want fs.ErrExist", err)
+	}
+	if data, _ := os.ReadFile(path); string(data) != "first" {
+		t.Errorf("target holds %q, want the first writer's", data)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("%d files in the directory, want only the target", len(entries))
+	}
+	if err := first.CommitNew(); !errors.Is(err, ErrDone) {
+		t.Errorf("second CommitNew = %v, want ErrDone", err)
 	}
 }

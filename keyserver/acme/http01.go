@@ -25,7 +25,6 @@ const http01Prefix = "acme/http01/"
 // Store is what the ACME side needs of the keyserver's storage.
 type Store interface {
 	Get(ctx context.Context, key string) ([]byte, error)
-	ListPage(ctx context.Context, prefix, after string, limit int) ([]store.KV, error)
 	Txn(ctx context.Context, conds []store.Cond, ops []store.Op) error
 }
 
@@ -129,10 +128,15 @@ func (p *HTTP01Provider) Present(domain, token, keyAuth string) error {
 	if err != nil {
 		return err
 	}
-	if err := p.Store.Txn(ctx, nil, []store.Op{{Key: http01Prefix + token, Value: raw}}); err != nil {
+	if err := store.Put(ctx, p.Store, http01Prefix+token, raw); err != nil {
 		return fmt.Errorf("acme http-01: store the answer for %s: %w", domain, err)
 	}
-	return p.probe(ctx, domain, token, keyAuth)
+	if err := p.probe(ctx, domain, token, keyAuth); err != nil {
+		// lego calls CleanUp only after a Present that succeeded.
+		p.CleanUp(domain, token, keyAuth)
+		return err
+	}
+	return nil
 }
 
 // CleanUp removes the answer.
@@ -140,11 +144,6 @@ func (p *HTTP01Provider) CleanUp(domain, token, keyAuth string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return p.Store.Txn(ctx, nil, []store.Op{{Key: http01Prefix + token, Delete: true}})
-}
-
-// Timeout is how long lego waits for the CA's validation.
-func (p *HTTP01Provider) Timeout() (timeout, interval time.Duration) {
-	return 2 * time.Minute, 2 * time.Second
 }
 
 func (p *HTTP01Provider) timeout() time.Duration {

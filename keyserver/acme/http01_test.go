@@ -1,11 +1,13 @@
 package acme_test
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,8 +31,28 @@ func serveHTTP01(t *testing.T, st acme.Store) string {
 	return l.Addr().String()
 }
 
+// getCounter counts the store reads of challenge answers.
+type getCounter struct {
+	acme.Store
+	mu   sync.Mutex
+	gets int
+}
+
+func (g *getCounter) Get(ctx context.Context, key string) ([]byte, error) {
+	g.mu.Lock()
+	g.gets++
+	g.mu.Unlock()
+	return g.Store.Get(ctx, key)
+}
+
+func (g *getCounter) count() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.gets
+}
+
 func TestHTTP01Handler(t *testing.T) {
-	st := store.NewMemory()
+	st := &getCounter{Store: store.NewMemory()}
 	addr := serveHTTP01(t, st)
 	p := &acme.HTTP01Provider{Store: st, ProbeAddr: addr, ProbeTime: 5 * time.Second}
 	if err := p.Present("www.example.org", token, token+".thumbprint"); err != nil {
@@ -51,19 +73,24 @@ func TestHTTP01Handler(t *testing.T) {
 	for _, tc := range []struct {
 		name, method, host, path string
 		status                   int
+		lookup                   bool // the store is asked
 	}{
-		{"the answer", "GET", "www.example.org", acme.ChallengePath + token, 200},
-		{"with the port Pebble sends", "GET", "www.example.org:5002", acme.ChallengePath + token, 200},
-		{"any case", "GET", "WWW.Example.ORG", acme.ChallengePath + token, 200},
-		{"another name", "GET", "other.example.org", acme.ChallengePath + token, 404},
-		{"unknown token", "GET", "www.example.org", acme.ChallengePath + strings.Repeat("A", 43), 404},
-		{"short token", "GET", "www.example.org", acme.ChallengePath + "abc", 404},
-		{"not base64url", "GET", "www.example.org", acme.ChallengePath + strings.Repeat("A", 40) + "%2F..", 404},
-		{"POST", "POST", "www.example.org", acme.ChallengePath + token, 404},
-		{"elsewhere", "GET", "www.example.org", "/", 404},
-		{"below the token", "GET", "www.example.org", acme.ChallengePath + token + "/x", 404},
+		{"the answer", "GET", "www.example.org", acme.ChallengePath + token, 200, true},
+		{"with the port Pebble sends", "GET", "www.example.org:5002", acme.ChallengePath + token, 200, true},
+		{"any case", "GET", "WWW.Example.ORG", acme.ChallengePath + token, 200, true},
+		{"another name", "GET", "other.example.org", acme.ChallengePath + token, 404, true},
+		{"unknown token", "GET", "www.example.org", acme.ChallengePath + strings.Repeat("A", 43), 404, true},
+		{"short token", "GET", "www.example.org", acme.ChallengePath + "abc", 404, false},
+		{"not base64url", "GET", "www.example.org", acme.ChallengePath + strings.Repeat("A", 40) + "%2F..", 404, false},
+		{"POST", "POST", "www.example.org", acme.ChallengePath + token, 404, false},
+		{"elsewhere", "GET", "www.example.org", "/", 404, false},
+		{"below the token", "GET", "www.example.org", acme.ChallengePath + token + "/x", 404, false},
 	} {
+		before := st.count()
 		status, ctype, body := get(tc.method, tc.host, tc.path)
+		if looked := st.count() > before; looked != tc.lookup {
+			t.Errorf("%s: store asked %v, want %v", tc.name, looked, tc.lookup)
+		}
 		if status != tc.status {
 			t.Errorf("%s: status %d, want %d", tc.name, status, tc.status)
 		}
@@ -89,5 +116,8 @@ func TestHTTP01PresentChecksTheAnswerIsServed(t *testing.T) {
 	err := p.Present("www.example.org", token, token+".x")
 	if err == nil || !strings.Contains(err.Error(), "not served") || !strings.Contains(err.Error(), "404") {
 		t.Errorf("Present = %v, want not served (404)", err)
+	}
+	if kvs, _ := st.List(t.Context(), ""); len(kvs) != 0 {
+		t.Errorf("a failed Present left %d records behind (lego cleans up only after success)", len(kvs))
 	}
 }

@@ -16,11 +16,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-acme/lego/v4/certcrypto"
 	"github.com/go-acme/lego/v4/certificate"
 	"github.com/go-acme/lego/v4/lego"
 	"github.com/go-acme/lego/v4/registration"
+	"go.step.sm/crypto/pemutil"
 
+	"github.com/keysystem/keysystem/authority"
 	"github.com/keysystem/keysystem/keyserver/store"
 	"github.com/keysystem/keysystem/policy"
 )
@@ -30,11 +31,9 @@ const (
 	labelPrefix   = "acme/certs/"
 )
 
-// ErrUnknownLabel is returned for a label the policy does not name.
+// ErrUnknownLabel is returned for a label the policy does not name, or a
+// key type it is not issued in.
 var ErrUnknownLabel = errors.New("acme: no such certificate label")
-
-// ErrNotReady is returned for a label that has no certificate to serve yet.
-var ErrNotReady = errors.New("acme: no certificate for the label yet")
 
 // Config configures a Manager.
 type Config struct {
@@ -53,7 +52,13 @@ type Config struct {
 // Manager obtains and keeps the policy's ACME certificates.
 type Manager struct {
 	cfg Config
-	mu  sync.Mutex // one order at a time per keyserver: the CA's limits are per account
+	// mu: one order at a time per keyserver, since the CA's limits are
+	// per account. (Keyservers sharing a store do not yet take a lease
+	// per label; see the ACME issue.)
+	mu sync.Mutex
+	// placeholderMu: placeholder keys are made by one caller at a time,
+	// so a burst of front ends asking at boot makes one set, not many.
+	placeholderMu sync.Mutex
 }
 
 // NewManager returns a Manager.
@@ -73,29 +78,64 @@ func NewManager(cfg Config) (*Manager, error) {
 // Version is one issue of a label's certificates, one per key type, all
 // for the same names.
 type Version struct {
-	Number    int                  `json:"number"`
-	Names     []string             `json:"names"`
-	NotBefore time.Time            `json:"not_before"` // the latest of its certificates'
-	NotAfter  time.Time            `json:"not_after"`  // the earliest of its certificates'
-	ReadyAt   time.Time            `json:"ready_at"`   // NotBefore + staging: served from then on
-	Certs     map[string]*CertFile `json:"certs"`      // by key type (policy.ACMEKeyTypes)
+	Number     int                  `json:"number"`
+	CommonName string               `json:"cn"`
+	Names      []string             `json:"names"`
+	NotBefore  time.Time            `json:"not_before"` // the latest of its certificates'
+	NotAfter   time.Time            `json:"not_after"`  // the earliest of its certificates'
+	ReadyAt    time.Time            `json:"ready_at"`   // NotBefore + staging: served from then on
+	Certs      map[string]*CertFile `json:"certs"`      // by key type (policy.ACMEKeyTypes)
 }
 
 // CertFile is one certificate of a version and its key, sealed.
 type CertFile struct {
 	Fullchain []byte `json:"fullchain"` // PEM: the certificate, then its chain
-	Key       []byte `json:"key"`       // the private key's PEM, sealed (Sealer) at the record's key
-	ARICertID string `json:"ari_cert_id"`
+	Key       []byte `json:"key"`       // the private key's PEM, sealed (Sealer) at keyWhere
+	ARICertID string `json:"ari_cert_id,omitempty"`
+}
+
+// keyWhere is where a version's key is sealed for: its label, version and
+// key type, so a sealed key moved to another place does not open.
+func keyWhere(label string, version int, keyType string) string {
+	return fmt.Sprintf("%s%s/%d/%s", labelPrefix, label, version, keyType)
 }
 
 // labelState is a label's record in the store.
 type labelState struct {
 	Current *Version `json:"current,omitempty"` // served
 	Next    *Version `json:"next,omitempty"`    // obtained, held back until ReadyAt
-	// Placeholder is served while there is no Current: self-signed,
-	// short-lived, version 0, so front ends can start their TLS listener
-	// at boot before the first real certificate exists.
+	// Placeholder is served while Current lacks a key type (before the
+	// first issue): self-signed, short-lived, version 0, so front ends
+	// can start their TLS listener at boot.
 	Placeholder *Version `json:"placeholder,omitempty"`
+}
+
+func decodeState(label string, raw []byte) (labelState, error) {
+	var st labelState
+	if raw == nil {
+		return st, nil
+	}
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return st, fmt.Errorf("acme: %s: %w", label, err)
+	}
+	return st, nil
+}
+
+// updateState is store.Update on a label's record: fn changes the state
+// it is given and says whether to write it.
+func (m *Manager) updateState(ctx context.Context, label string, fn func(*labelState) (bool, error)) (labelState, error) {
+	var st labelState
+	err := store.Update(ctx, m.cfg.Store, labelPrefix+label, func(raw []byte) ([]byte, error) {
+		var err error
+		if st, err = decodeState(label, raw); err != nil {
+			return nil, err
+		}
+		if write, err := fn(&st); err != nil || !write {
+			return nil, err
+		}
+		return json.Marshal(st)
+	})
+	return st, err
 }
 
 type accountRecord struct {
@@ -107,7 +147,7 @@ type accountRecord struct {
 // legoUser is an account as lego sees it.
 type legoUser struct {
 	email string
-	key   crypto.PrivateKey
+	key   crypto.Signer
 	reg   *registration.Resource
 }
 
@@ -117,16 +157,22 @@ func (u *legoUser) GetPrivateKey() crypto.PrivateKey        { return u.key }
 
 // client returns a lego client for the account, registering it at the CA
 // the first time (or when its directory changed), keeping its key sealed
-// in the store so every keyserver uses the one account.
+// in the store so every keyserver uses the one account. Of keyservers
+// registering at once, the first to store its account wins and the others
+// use that one.
 func (m *Manager) client(ctx context.Context, acct *policy.ACMEAccount) (*lego.Client, error) {
 	key := accountPrefix + acct.Name
-	var rec accountRecord
-	raw, err := m.cfg.Store.Get(ctx, key)
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return nil, err
-	}
 	u := &legoUser{email: acct.Email}
-	if err == nil {
+	raw, err := m.cfg.Store.Get(ctx, key)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		if u.key, err = authority.GenerateKey(authority.ECDSAP256); err != nil {
+			return nil, err
+		}
+	case err != nil:
+		return nil, err
+	default:
+		var rec accountRecord
 		if err := json.Unmarshal(raw, &rec); err != nil {
 			return nil, fmt.Errorf("acme: account %s: %w", acct.Name, err)
 		}
@@ -134,14 +180,15 @@ func (m *Manager) client(ctx context.Context, acct *policy.ACMEAccount) (*lego.C
 		if err != nil {
 			return nil, fmt.Errorf("acme: account %s: %w", acct.Name, err)
 		}
-		if u.key, err = certcrypto.ParsePEMPrivateKey(pemKey); err != nil {
-			return nil, fmt.Errorf("acme: account %s: %w", acct.Name, err)
+		k, err := pemutil.ParseKey(pemKey)
+		signer, ok := k.(crypto.Signer)
+		if err != nil || !ok {
+			return nil, fmt.Errorf("acme: account %s: its key: %v", acct.Name, err)
 		}
+		u.key = signer
 		if rec.Directory == acct.Directory {
 			u.reg = rec.Registration
 		}
-	} else if u.key, err = certcrypto.GeneratePrivateKey(certcrypto.EC256); err != nil {
-		return nil, err
 	}
 
 	cfg := lego.NewConfig(u)
@@ -175,7 +222,11 @@ func (m *Manager) client(ctx context.Context, acct *policy.ACMEAccount) (*lego.C
 	if err != nil {
 		return nil, fmt.Errorf("acme: account %s: register at %s: %w", acct.Name, acct.Directory, err)
 	}
-	sealed, err := m.cfg.Sealer.Seal(certcrypto.PEMEncode(u.key), key)
+	pemKey, err := authority.EncodeKeyPEM(u.key)
+	if err != nil {
+		return nil, err
+	}
+	sealed, err := m.cfg.Sealer.Seal(pemKey, key)
 	if err != nil {
 		return nil, err
 	}
@@ -187,20 +238,22 @@ func (m *Manager) client(ctx context.Context, acct *policy.ACMEAccount) (*lego.C
 	if raw != nil {
 		cond = store.Cond{Key: key, Value: raw}
 	}
-	if err := m.cfg.Store.Txn(ctx, []store.Cond{cond}, []store.Op{{Key: key, Value: next}}); err != nil {
+	err = m.cfg.Store.Txn(ctx, []store.Cond{cond}, []store.Op{{Key: key, Value: next}})
+	if errors.Is(err, store.ErrConflict) {
+		m.cfg.Log.Warn("acme account registered by another keyserver meanwhile; using that one", "account", acct.Name, "unused", u.reg.URI)
+		return m.client(ctx, acct)
+	} else if err != nil {
 		return nil, fmt.Errorf("acme: account %s: keep it: %w", acct.Name, err)
 	}
 	m.cfg.Log.Info("acme account registered", "account", acct.Name, "directory", acct.Directory, "uri", u.reg.URI)
 	return c, nil
 }
 
-// legoKeyTypes maps the policy's key types to lego's.
-var legoKeyTypes = map[string]certcrypto.KeyType{
-	"ecdsa-p256": certcrypto.EC256,
-	"ecdsa-p384": certcrypto.EC384,
-	"rsa-2048":   certcrypto.RSA2048,
-	"rsa-3072":   certcrypto.RSA3072,
-	"rsa-4096":   certcrypto.RSA4096,
+// issued is one certificate just obtained, its key not yet sealed.
+type issued struct {
+	fullchain []byte
+	key       []byte // PEM
+	leaf      *x509.Certificate
 }
 
 // Obtain gets a new version of the label's certificates, every key type,
@@ -215,93 +268,76 @@ func (m *Manager) Obtain(ctx context.Context, label string) (*Version, error) {
 	if lc == nil {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownLabel, label)
 	}
-	acct := p.ACMEAccount(lc.Account)
-	client, err := m.client(ctx, acct)
+	if lc.Challenge != policy.ChallengeHTTP01 {
+		return nil, fmt.Errorf("acme: %s: %s is not supported yet", label, lc.Challenge)
+	}
+	client, err := m.client(ctx, p.ACMEAccount(lc.Account))
 	if err != nil {
 		return nil, err
 	}
-	st, raw, err := m.state(ctx, label)
-	if err != nil {
-		return nil, err
+	// lego takes the first name as the common name.
+	names := slices.Clone(lc.Names)
+	if i := slices.Index(names, lc.CommonName); i > 0 {
+		names[0], names[i] = names[i], names[0]
 	}
-	v := &Version{Number: 1, Names: slices.Clone(lc.Names), Certs: map[string]*CertFile{}}
-	for _, prev := range []*Version{st.Current, st.Next} {
-		if prev != nil && prev.Number >= v.Number {
-			v.Number = prev.Number + 1
-		}
-	}
-	where := labelPrefix + label
+	got := map[string]issued{}
 	for _, kt := range lc.KeyTypes {
-		key, err := certcrypto.GeneratePrivateKey(legoKeyTypes[kt])
+		key, err := authority.GenerateKey(authority.KeyType(kt))
 		if err != nil {
 			return nil, err
-		}
-		names := slices.Clone(lc.Names)
-		// lego takes the first name as the common name.
-		if i := slices.Index(names, lc.CommonName); i > 0 {
-			names[0], names[i] = names[i], names[0]
 		}
 		res, err := client.Certificate.Obtain(certificate.ObtainRequest{Domains: names, PrivateKey: key, Bundle: true})
 		if err != nil {
 			return nil, fmt.Errorf("acme: %s (%s): %w", label, kt, err)
 		}
-		chain, err := certcrypto.ParsePEMBundle(res.Certificate)
-		if err != nil || len(chain) == 0 {
-			return nil, fmt.Errorf("acme: %s (%s): the CA's certificate: %v", label, kt, err)
+		chain, err := pemutil.ParseCertificateBundle(res.Certificate)
+		if err != nil {
+			return nil, fmt.Errorf("acme: %s (%s): the CA's certificate: %w", label, kt, err)
 		}
-		leaf := chain[0]
-		ari, err := certificate.MakeARICertID(leaf)
+		pemKey, err := authority.EncodeKeyPEM(key)
 		if err != nil {
 			return nil, err
 		}
-		sealed, err := m.cfg.Sealer.Seal(certcrypto.PEMEncode(key), fmt.Sprintf("%s/%d/%s", where, v.Number, kt))
-		if err != nil {
-			return nil, err
-		}
-		v.Certs[kt] = &CertFile{Fullchain: res.Certificate, Key: sealed, ARICertID: ari}
-		if leaf.NotBefore.After(v.NotBefore) {
-			v.NotBefore = leaf.NotBefore
-		}
-		if v.NotAfter.IsZero() || leaf.NotAfter.Before(v.NotAfter) {
-			v.NotAfter = leaf.NotAfter
-		}
+		got[kt] = issued{fullchain: res.Certificate, key: pemKey, leaf: chain[0]}
 	}
-	v.ReadyAt = v.NotBefore.Add(m.cfg.Staging)
-	st.Next = v
-	if err := m.put(ctx, label, raw, st); err != nil {
-		return nil, err
+
+	// The record may have changed during the orders (a placeholder made,
+	// a version promoted): the new version is numbered and sealed against
+	// what it holds when written.
+	var v *Version
+	_, err = m.updateState(ctx, label, func(st *labelState) (bool, error) {
+		v = &Version{Number: 1, CommonName: lc.CommonName, Names: slices.Clone(lc.Names), Certs: map[string]*CertFile{}}
+		for _, prev := range []*Version{st.Current, st.Next} {
+			if prev != nil && prev.Number >= v.Number {
+				v.Number = prev.Number + 1
+			}
+		}
+		for kt, is := range got {
+			sealed, err := m.cfg.Sealer.Seal(is.key, keyWhere(label, v.Number, kt))
+			if err != nil {
+				return false, err
+			}
+			ari, err := certificate.MakeARICertID(is.leaf)
+			if err != nil {
+				return false, err
+			}
+			v.Certs[kt] = &CertFile{Fullchain: is.fullchain, Key: sealed, ARICertID: ari}
+			if is.leaf.NotBefore.After(v.NotBefore) {
+				v.NotBefore = is.leaf.NotBefore
+			}
+			if v.NotAfter.IsZero() || is.leaf.NotAfter.Before(v.NotAfter) {
+				v.NotAfter = is.leaf.NotAfter
+			}
+		}
+		v.ReadyAt = v.NotBefore.Add(m.cfg.Staging)
+		st.Next = v
+		return true, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("acme: %s: keep it: %w", label, err)
 	}
 	m.cfg.Log.Info("acme certificate obtained", "label", label, "version", v.Number, "names", strings.Join(v.Names, ","), "not_after", v.NotAfter, "ready_at", v.ReadyAt)
 	return v, nil
-}
-
-func (m *Manager) state(ctx context.Context, label string) (labelState, []byte, error) {
-	var st labelState
-	raw, err := m.cfg.Store.Get(ctx, labelPrefix+label)
-	if errors.Is(err, store.ErrNotFound) {
-		return st, nil, nil
-	} else if err != nil {
-		return st, nil, err
-	}
-	if err := json.Unmarshal(raw, &st); err != nil {
-		return st, nil, fmt.Errorf("acme: %s: %w", label, err)
-	}
-	return st, raw, nil
-}
-
-func (m *Manager) put(ctx context.Context, label string, old []byte, st labelState) error {
-	next, err := json.Marshal(st)
-	if err != nil {
-		return err
-	}
-	cond := store.Cond{Key: labelPrefix + label, Absent: true}
-	if old != nil {
-		cond = store.Cond{Key: labelPrefix + label, Value: old}
-	}
-	if err := m.cfg.Store.Txn(ctx, []store.Cond{cond}, []store.Op{{Key: labelPrefix + label, Value: next}}); err != nil {
-		return fmt.Errorf("acme: %s: keep it: %w", label, err)
-	}
-	return nil
 }
 
 // Served is what a label serves for one key type.
@@ -312,33 +348,40 @@ type Served struct {
 	Key         []byte // PEM
 }
 
+// String leaves the key out, so a Served printed or logged shows none.
+func (s *Served) String() string {
+	return fmt.Sprintf("acme.Served{Version: %d, Placeholder: %v, Fullchain: %d bytes, Key: [redacted]}", s.Version, s.Placeholder, len(s.Fullchain))
+}
+
 // Get returns what the label serves for a key type: the current version,
-// after promoting the next one if its time has come.
+// after promoting the next one if its time has come, or the placeholder
+// while the current version lacks that key type.
 func (m *Manager) Get(ctx context.Context, label, keyType string) (*Served, error) {
-	if m.cfg.Policy().ACMECert(label) == nil {
+	lc := m.cfg.Policy().ACMECert(label)
+	if lc == nil {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownLabel, label)
 	}
-	st, raw, err := m.state(ctx, label)
+	if !slices.Contains(lc.KeyTypes, keyType) {
+		return nil, fmt.Errorf("%w: %q is not issued in %s", ErrUnknownLabel, label, keyType)
+	}
+	st, err := m.updateState(ctx, label, func(st *labelState) (bool, error) {
+		if st.Next == nil || m.cfg.Now().Before(st.Next.ReadyAt) {
+			return false, nil
+		}
+		st.Current, st.Next, st.Placeholder = st.Next, nil, nil
+		return true, nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	if st.Next != nil && !m.cfg.Now().Before(st.Next.ReadyAt) {
-		st.Current, st.Next, st.Placeholder = st.Next, nil, nil
-		if err := m.put(ctx, label, raw, st); err != nil && !errors.Is(err, store.ErrConflict) {
-			return nil, err
-		}
-	}
 	v := st.Current
-	if v == nil {
-		if v, err = m.placeholder(ctx, label); err != nil {
+	if v == nil || v.Certs[keyType] == nil {
+		if v, err = m.placeholder(ctx, lc, st); err != nil {
 			return nil, err
 		}
 	}
 	cf := v.Certs[keyType]
-	if cf == nil {
-		return nil, fmt.Errorf("%w: %q has no %s certificate", ErrNotReady, label, keyType)
-	}
-	key, err := m.cfg.Sealer.Open(cf.Key, fmt.Sprintf("%s%s/%d/%s", labelPrefix, label, v.Number, keyType))
+	key, err := m.cfg.Sealer.Open(cf.Key, keyWhere(label, v.Number, keyType))
 	if err != nil {
 		return nil, err
 	}

@@ -2,10 +2,13 @@ package acme_test
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -15,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-acme/lego/v4/certcrypto"
+	"go.step.sm/crypto/pemutil"
 
 	"github.com/keysystem/keysystem/keyserver/acme"
 	"github.com/keysystem/keysystem/keyserver/acme/pebbletest"
@@ -31,17 +34,33 @@ type clock struct {
 func (c *clock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
 func (c *clock) Set(t time.Time) { c.mu.Lock(); c.now = t; c.mu.Unlock() }
 
+// onAnswer is the store with a hook run (once) when the first challenge
+// answer is stored: during an order.
+type onAnswer struct {
+	*store.Memory
+	once sync.Once
+	hook func()
+}
+
+func (s *onAnswer) Txn(ctx context.Context, conds []store.Cond, ops []store.Op) error {
+	if len(ops) > 0 && strings.HasPrefix(ops[0].Key, "acme/http01/") && !ops[0].Delete && s.hook != nil {
+		s.once.Do(s.hook)
+	}
+	return s.Memory.Txn(ctx, conds, ops)
+}
+
 // acmeEnv is a keyserver's ACME side against a real Pebble, over HTTP-01.
 type acmeEnv struct {
-	pebble *pebbletest.Pebble
-	store  *store.Memory
-	clock  *clock
-	mgr    *acme.Manager
+	pebble     *pebbletest.Pebble
+	store      *onAnswer
+	clock      *clock
+	mgr        *acme.Manager
+	newManager func() *acme.Manager // another keyserver on the same store
 }
 
 func newACMEEnv(t *testing.T, certs string) *acmeEnv {
 	t.Helper()
-	st := store.NewMemory()
+	st := &onAnswer{Memory: store.NewMemory()}
 	addr := serveHTTP01(t, st)
 	_, port, _ := net.SplitHostPort(addr)
 	httpPort, _ := strconv.Atoi(port)
@@ -51,45 +70,112 @@ func newACMEEnv(t *testing.T, certs string) *acmeEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sealer, err := acme.NewSealer(bytes.Repeat([]byte{1}, 32), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	c := &clock{now: time.Now()}
-	mgr, err := acme.NewManager(acme.Config{
-		Store: st, Sealer: sealer, Policy: func() *policy.Policy { return pol },
-		HTTP01: &acme.HTTP01Provider{Store: st, ProbeAddr: addr}, Staging: time.Hour, Now: c.Now,
-	})
+	e := &acmeEnv{pebble: pb, store: st, clock: c}
+	e.newManager = func() *acme.Manager {
+		sealer, err := acme.NewSealer(bytes.Repeat([]byte{1}, 32), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mgr, err := acme.NewManager(acme.Config{
+			Store: st, Sealer: sealer, Policy: func() *policy.Policy { return pol },
+			HTTP01: &acme.HTTP01Provider{Store: st, ProbeAddr: addr}, Staging: time.Hour, Now: c.Now,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mgr
+	}
+	e.mgr = e.newManager()
+	return e
+}
+
+// clearKeys returns the store keys whose values hold a private key in
+// clear: as text, or as base64 (how JSON writes []byte) anywhere inside.
+func clearKeys(t *testing.T, st *store.Memory) []string {
+	t.Helper()
+	kvs, err := st.List(t.Context(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &acmeEnv{pebble: pb, store: st, clock: c, mgr: mgr}
+	var found []string
+	var walk func(v any) bool
+	walk = func(v any) bool {
+		switch v := v.(type) {
+		case string:
+			b, err := base64.StdEncoding.DecodeString(v)
+			return strings.Contains(v, "PRIVATE KEY") || err == nil && bytes.Contains(b, []byte("PRIVATE KEY"))
+		case map[string]any:
+			for _, x := range v {
+				if walk(x) {
+					return true
+				}
+			}
+		case []any:
+			for _, x := range v {
+				if walk(x) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	for _, kv := range kvs {
+		var v any
+		if bytes.Contains(kv.Value, []byte("PRIVATE KEY")) || json.Unmarshal(kv.Value, &v) == nil && walk(v) {
+			found = append(found, kv.Key)
+		}
+	}
+	return found
+}
+
+// TestClearKeysFindsBase64: the check above sees a key written as JSON
+// []byte, which the plain text search does not.
+func TestClearKeysFindsBase64(t *testing.T) {
+	st := store.NewMemory()
+	raw, _ := json.Marshal(map[string]any{"certs": map[string]any{"rsa": map[string][]byte{"key": []byte("-----BEGIN PRIVATE KEY-----\n")}}})
+	if err := store.Put(t.Context(), st, "acme/certs/x", raw); err != nil {
+		t.Fatal(err)
+	}
+	if got := clearKeys(t, st); len(got) != 1 {
+		t.Errorf("clearKeys = %v, want the record", got)
+	}
 }
 
 // TestObtainEveryKeyType: a label is obtained in both key types, held back
-// for the staging time (the placeholder is served meanwhile), then served: each chain verifies against the CA's
-// root, each key matches its certificate, and no key is in the store in
-// clear.
+// for the staging time (the placeholder is served meanwhile), then served:
+// each chain verifies against the CA's root, each key matches its
+// certificate, and no key is in the store in clear. A placeholder made
+// while the orders run (front ends asking at boot) does not cost the
+// orders.
 func TestObtainEveryKeyType(t *testing.T) {
 	e := newACMEEnv(t, "    web:\n      sni: [www.example.test]\n      to: {all: true}\n")
+	other := e.newManager()
+	hooked := false
+	e.store.hook = func() {
+		hooked = true
+		if s, err := other.Get(t.Context(), "web", "ecdsa-p256"); err != nil || !s.Placeholder {
+			t.Errorf("Get during the order = %v, %v; want the placeholder", s, err)
+		}
+	}
 	v, err := e.mgr.Obtain(t.Context(), "web")
 	if err != nil {
 		t.Fatalf("Obtain: %v", err)
+	}
+	if !hooked {
+		t.Fatal("no placeholder was made during the order")
 	}
 	if v.Number != 1 || len(v.Certs) != 2 {
 		t.Fatalf("version %d with %d certificates, want 1 with 2", v.Number, len(v.Certs))
 	}
 	if s, err := e.mgr.Get(t.Context(), "web", "ecdsa-p256"); err != nil || !s.Placeholder {
-		t.Errorf("Get during the staging time = %+v, %v; want the placeholder", s, err)
+		t.Errorf("Get during the staging time = %v, %v; want the placeholder", s, err)
 	}
-	kvs, _ := e.store.List(t.Context(), "")
-	for _, kv := range kvs {
-		if bytes.Contains(kv.Value, []byte("PRIVATE KEY")) {
-			t.Errorf("%s holds a private key in clear", kv.Key)
-		}
-		if strings.HasPrefix(kv.Key, "acme/http01/") {
-			t.Errorf("challenge answer %s left in the store", kv.Key)
-		}
+	if got := clearKeys(t, e.store.Memory); len(got) != 0 {
+		t.Errorf("private keys in clear in %v", got)
+	}
+	if kvs, _ := e.store.List(t.Context(), "acme/http01/"); len(kvs) != 0 {
+		t.Errorf("challenge answers left in the store: %v", kvs)
 	}
 
 	e.clock.Set(v.ReadyAt)
@@ -102,7 +188,10 @@ func TestObtainEveryKeyType(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Get %s: %v", kt, err)
 		}
-		chain, err := certcrypto.ParsePEMBundle(s.Fullchain)
+		if s.Version != 1 || s.Placeholder {
+			t.Errorf("%s: version %d (placeholder %v), want 1", kt, s.Version, s.Placeholder)
+		}
+		chain, err := pemutil.ParseCertificateBundle(s.Fullchain)
 		if err != nil || len(chain) < 2 {
 			t.Fatalf("%s fullchain: %d certificates, %v", kt, len(chain), err)
 		}
@@ -113,7 +202,7 @@ func TestObtainEveryKeyType(t *testing.T) {
 		if _, err := chain[0].Verify(x509.VerifyOptions{DNSName: "www.example.test", Roots: roots, Intermediates: inter}); err != nil {
 			t.Errorf("%s: chain does not verify: %v", kt, err)
 		}
-		key, err := certcrypto.ParsePEMPrivateKey(s.Key)
+		key, err := pemutil.ParseKey(s.Key)
 		if err != nil {
 			t.Fatalf("%s key: %v", kt, err)
 		}
@@ -121,11 +210,17 @@ func TestObtainEveryKeyType(t *testing.T) {
 		if !want(pub) || !pub.(interface{ Equal(crypto.PublicKey) bool }).Equal(chain[0].PublicKey) {
 			t.Errorf("%s: key %T does not match the certificate", kt, pub)
 		}
-		if s.Version != 1 {
-			t.Errorf("%s: version %d, want 1", kt, s.Version)
-		}
+	}
+	// The promotion is in the store: another keyserver, whose clock has
+	// not reached ReadyAt, serves version 1 too.
+	e.clock.Set(v.ReadyAt.Add(-time.Minute))
+	if s, err := other.Get(t.Context(), "web", "rsa-2048"); err != nil || s.Version != 1 {
+		t.Errorf("another keyserver serves %v, %v; want version 1", s, err)
 	}
 	if _, err := e.mgr.Get(t.Context(), "nosuch", "ecdsa-p256"); !errors.Is(err, acme.ErrUnknownLabel) {
 		t.Errorf("Get of an unknown label = %v", err)
+	}
+	if _, err := e.mgr.Get(t.Context(), "web", "rsa-4096"); !errors.Is(err, acme.ErrUnknownLabel) {
+		t.Errorf("Get of a key type the label is not issued in = %v", err)
 	}
 }

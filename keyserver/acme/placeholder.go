@@ -4,17 +4,14 @@ import (
 	"context"
 	"crypto"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"errors"
-	"fmt"
-	"math/big"
 	"slices"
 	"time"
 
-	"github.com/go-acme/lego/v4/certcrypto"
-
-	"github.com/keysystem/keysystem/keyserver/store"
+	"github.com/keysystem/keysystem/authority"
+	"github.com/keysystem/keysystem/policy"
 )
 
 // PlaceholderLifetime is how long a placeholder certificate is valid; it
@@ -25,55 +22,82 @@ const PlaceholderLifetime = 24 * time.Hour
 // who looks at what a front end serves.
 const PlaceholderOrganization = "keysystem placeholder: not yet issued by the CA"
 
-// placeholder returns the label's placeholder version, making a new one
-// (and keeping it, so every keyserver serves the same) when there is
-// none or it is past half its life.
-func (m *Manager) placeholder(ctx context.Context, label string) (*Version, error) {
-	lc := m.cfg.Policy().ACMECert(label)
-	for {
-		st, raw, err := m.state(ctx, label)
+// fits reports whether placeholder v still stands for the label as the
+// policy has it now, with at least half its life left.
+func (m *Manager) fits(v *Version, lc *policy.ACMECert) bool {
+	if v == nil || !m.cfg.Now().Before(v.NotAfter.Add(-PlaceholderLifetime/2)) ||
+		v.CommonName != lc.CommonName || !slices.Equal(v.Names, lc.Names) {
+		return false
+	}
+	for _, kt := range lc.KeyTypes {
+		if v.Certs[kt] == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// placeholder returns the label's placeholder version, given its record
+// st as last read, making a new one (kept in the store, so that every
+// keyserver serves the same) when there is none that fits.
+func (m *Manager) placeholder(ctx context.Context, lc *policy.ACMECert, st labelState) (*Version, error) {
+	if m.fits(st.Placeholder, lc) {
+		return st.Placeholder, nil
+	}
+	m.placeholderMu.Lock()
+	defer m.placeholderMu.Unlock()
+	var v *Version
+	_, err := m.updateState(ctx, lc.Label, func(st *labelState) (bool, error) {
+		if m.fits(st.Placeholder, lc) {
+			v = st.Placeholder // made meanwhile, here or by another keyserver
+			return false, nil
+		}
+		var err error
+		v, err = m.newPlaceholder(lc)
+		st.Placeholder = v
+		return err == nil, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.cfg.Log.Info("acme placeholder in use", "label", lc.Label, "not_after", v.NotAfter)
+	return v, nil
+}
+
+func (m *Manager) newPlaceholder(lc *policy.ACMECert) (*Version, error) {
+	now := m.cfg.Now()
+	v := &Version{CommonName: lc.CommonName, Names: slices.Clone(lc.Names), NotBefore: now.Add(-authority.Backdate), NotAfter: now.Add(PlaceholderLifetime), Certs: map[string]*CertFile{}}
+	v.ReadyAt = v.NotBefore
+	for _, kt := range lc.KeyTypes {
+		key, err := authority.GenerateKey(authority.KeyType(kt))
 		if err != nil {
 			return nil, err
 		}
-		now := m.cfg.Now()
-		if st.Current != nil {
-			return st.Current, nil // obtained meanwhile
-		}
-		if p := st.Placeholder; p != nil && now.Before(p.NotAfter.Add(-PlaceholderLifetime/2)) && slices.Equal(p.Names, lc.Names) && len(p.Certs) == len(lc.KeyTypes) {
-			return p, nil
-		}
-		v := &Version{Names: slices.Clone(lc.Names), NotBefore: now.Add(-time.Minute), NotAfter: now.Add(PlaceholderLifetime), Certs: map[string]*CertFile{}}
-		v.ReadyAt = v.NotBefore
-		for _, kt := range lc.KeyTypes {
-			key, err := certcrypto.GeneratePrivateKey(legoKeyTypes[kt])
-			if err != nil {
-				return nil, err
-			}
-			der, err := selfSigned(key.(crypto.Signer), lc.CommonName, lc.Names, v.NotBefore, v.NotAfter)
-			if err != nil {
-				return nil, fmt.Errorf("acme: %s placeholder: %w", label, err)
-			}
-			sealed, err := m.cfg.Sealer.Seal(certcrypto.PEMEncode(key), fmt.Sprintf("%s%s/0/%s", labelPrefix, label, kt))
-			if err != nil {
-				return nil, err
-			}
-			v.Certs[kt] = &CertFile{Fullchain: certcrypto.PEMEncode(certcrypto.DERCertificateBytes(der)), Key: sealed}
-		}
-		st.Placeholder = v
-		if err := m.put(ctx, label, raw, st); errors.Is(err, store.ErrConflict) {
-			continue // another keyserver made one, or the CA's came: use that
-		} else if err != nil {
+		cert, err := selfSigned(key, lc.CommonName, lc.Names, v.NotBefore, v.NotAfter)
+		if err != nil {
 			return nil, err
 		}
-		m.cfg.Log.Info("acme placeholder made", "label", label, "not_after", v.NotAfter)
-		return v, nil
+		pemKey, err := authority.EncodeKeyPEM(key)
+		if err != nil {
+			return nil, err
+		}
+		sealed, err := m.cfg.Sealer.Seal(pemKey, keyWhere(lc.Label, 0, kt))
+		if err != nil {
+			return nil, err
+		}
+		v.Certs[kt] = &CertFile{Fullchain: authority.EncodePEM(cert), Key: sealed}
 	}
+	return v, nil
 }
 
-func selfSigned(key crypto.Signer, cn string, names []string, notBefore, notAfter time.Time) ([]byte, error) {
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+func selfSigned(key crypto.Signer, cn string, names []string, notBefore, notAfter time.Time) (*x509.Certificate, error) {
+	serial, err := authority.Serial(rand.Reader)
 	if err != nil {
 		return nil, err
+	}
+	ku := x509.KeyUsageDigitalSignature
+	if _, ok := key.Public().(*rsa.PublicKey); ok {
+		ku |= x509.KeyUsageKeyEncipherment // TLS 1.2 RSA key exchange, as authority.Sign
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
@@ -81,8 +105,12 @@ func selfSigned(key crypto.Signer, cn string, names []string, notBefore, notAfte
 		DNSNames:     names,
 		NotBefore:    notBefore,
 		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
+		KeyUsage:     ku,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
-	return x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(der)
 }

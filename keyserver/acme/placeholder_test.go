@@ -3,32 +3,50 @@ package acme_test
 import (
 	"bytes"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/go-acme/lego/v4/certcrypto"
+	"go.step.sm/crypto/pemutil"
 
 	"github.com/keysystem/keysystem/keyserver/acme"
 	"github.com/keysystem/keysystem/keyserver/store"
 	"github.com/keysystem/keysystem/policy"
 )
 
-// TestPlaceholder: before the CA's certificate exists, a label serves a
-// self-signed one, marked as such, the same from every keyserver on the
-// store, replaced when half its life has passed.
-func TestPlaceholder(t *testing.T) {
-	const src = "groups: {}\nacme:\n  accounts:\n    le: {directory: letsencrypt}\n  certificates:\n    web:\n      sni: [www.example.org, example.org]\n      to: {all: true}\n"
-	pol, err := policy.Parse("policy.yaml", []byte(src), nil)
+func mustPolicy(t *testing.T, src string) *policy.Policy {
+	t.Helper()
+	p, err := policy.Parse("policy.yaml", []byte(src), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return p
+}
+
+func mustGet(t *testing.T, m *acme.Manager, label, keyType string) *acme.Served {
+	t.Helper()
+	s, err := m.Get(t.Context(), label, keyType)
+	if err != nil {
+		t.Fatalf("Get(%s, %s): %v", label, keyType, err)
+	}
+	return s
+}
+
+// TestPlaceholder: before the CA's certificate exists, a label serves a
+// self-signed one, marked as such, the same from every keyserver on the
+// store, replaced when half its life has passed or the label changes.
+func TestPlaceholder(t *testing.T) {
+	const head = "groups: {}\nacme:\n  accounts:\n    le: {directory: letsencrypt}\n  certificates:\n    web:\n      sni: [www.example.org, example.org]\n      to: {all: true}\n"
+	var pol atomic.Pointer[policy.Policy]
+	pol.Store(mustPolicy(t, head))
 	st := store.NewMemory()
 	c := &clock{now: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)}
 	newManager := func() *acme.Manager {
 		sealer, _ := acme.NewSealer(bytes.Repeat([]byte{1}, 32), nil)
-		m, err := acme.NewManager(acme.Config{Store: st, Sealer: sealer, Policy: func() *policy.Policy { return pol },
-			HTTP01: &acme.HTTP01Provider{Store: st}, Now: c.Now})
+		m, err := acme.NewManager(acme.Config{Store: st, Sealer: sealer, Policy: pol.Load, HTTP01: &acme.HTTP01Provider{Store: st}, Now: c.Now})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -36,50 +54,53 @@ func TestPlaceholder(t *testing.T) {
 	}
 	a, b := newManager(), newManager()
 
-	first, err := a.Get(t.Context(), "web", "rsa-2048")
-	if err != nil {
-		t.Fatalf("Get: %v", err)
-	}
+	first := mustGet(t, a, "web", "rsa-2048")
 	if !first.Placeholder || first.Version != 0 {
-		t.Errorf("served version %d, placeholder %v; want the placeholder", first.Version, first.Placeholder)
+		t.Errorf("served %v; want the placeholder", first)
 	}
-	chain, err := certcrypto.ParsePEMBundle(first.Fullchain)
+	chain, err := pemutil.ParseCertificateBundle(first.Fullchain)
 	if err != nil || len(chain) != 1 {
 		t.Fatalf("placeholder chain: %d, %v", len(chain), err)
 	}
 	cert := chain[0]
 	if !slices.Equal(cert.DNSNames, []string{"www.example.org", "example.org"}) || cert.Subject.CommonName != "www.example.org" ||
-		!slices.Equal(cert.Subject.Organization, []string{acme.PlaceholderOrganization}) || cert.CheckSignature(cert.SignatureAlgorithm, cert.RawTBSCertificate, cert.Signature) != nil {
+		!slices.Equal(cert.Subject.Organization, []string{acme.PlaceholderOrganization}) ||
+		cert.CheckSignature(cert.SignatureAlgorithm, cert.RawTBSCertificate, cert.Signature) != nil {
 		t.Errorf("placeholder: names %v, subject %v: want the label's, marked, self-signed", cert.DNSNames, cert.Subject)
 	}
 	if got := cert.NotAfter.Sub(c.Now()); got != acme.PlaceholderLifetime {
 		t.Errorf("placeholder valid for %v more, want %v", got, acme.PlaceholderLifetime)
 	}
-	key, err := certcrypto.ParsePEMPrivateKey(first.Key)
+	key, err := pemutil.ParseKey(first.Key)
 	if err != nil || !key.(crypto.Signer).Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(cert.PublicKey) {
 		t.Errorf("placeholder key does not match its certificate: %v", err)
 	}
 
-	other, err := b.Get(t.Context(), "web", "rsa-2048")
-	if err != nil || !bytes.Equal(other.Fullchain, first.Fullchain) || !bytes.Equal(other.Key, first.Key) {
-		t.Errorf("another keyserver serves another placeholder (%v)", err)
+	if other := mustGet(t, b, "web", "rsa-2048"); !bytes.Equal(other.Fullchain, first.Fullchain) || !bytes.Equal(other.Key, first.Key) {
+		t.Error("another keyserver serves another placeholder")
 	}
-	if ec, err := b.Get(t.Context(), "web", "ecdsa-p256"); err != nil || !ec.Placeholder {
-		t.Errorf("ecdsa placeholder: %+v, %v", ec, err)
+	if ec := mustGet(t, b, "web", "ecdsa-p256"); !ec.Placeholder {
+		t.Errorf("ecdsa: %v, want the placeholder", ec)
 	}
 
 	c.Set(c.Now().Add(acme.PlaceholderLifetime/2 - time.Second))
-	if same, _ := a.Get(t.Context(), "web", "rsa-2048"); !bytes.Equal(same.Fullchain, first.Fullchain) {
+	if same := mustGet(t, a, "web", "rsa-2048"); !bytes.Equal(same.Fullchain, first.Fullchain) {
 		t.Error("placeholder replaced before half its life")
 	}
 	c.Set(c.Now().Add(time.Second))
-	if next, _ := a.Get(t.Context(), "web", "rsa-2048"); bytes.Equal(next.Fullchain, first.Fullchain) {
+	renewed := mustGet(t, a, "web", "rsa-2048")
+	if bytes.Equal(renewed.Fullchain, first.Fullchain) {
 		t.Error("placeholder not replaced at half its life")
 	}
-	kvs, _ := st.List(t.Context(), "")
-	for _, kv := range kvs {
-		if bytes.Contains(kv.Value, []byte("PRIVATE KEY")) {
-			t.Errorf("%s holds a private key in clear", kv.Key)
-		}
+
+	// Other key types and a new cn: the placeholder follows at once.
+	pol.Store(mustPolicy(t, head+"      cn: example.org\n      key_types: [ecdsa-p384]\n"))
+	p384 := mustGet(t, a, "web", "ecdsa-p384")
+	chain, _ = pemutil.ParseCertificateBundle(p384.Fullchain)
+	if pub, ok := chain[0].PublicKey.(*ecdsa.PublicKey); !ok || pub.Curve != elliptic.P384() || chain[0].Subject.CommonName != "example.org" {
+		t.Errorf("after the policy changed: %T, cn %q; want a P-384 placeholder for example.org", chain[0].PublicKey, chain[0].Subject.CommonName)
+	}
+	if got := clearKeys(t, st); len(got) != 0 {
+		t.Errorf("private keys in clear in %v", got)
 	}
 }

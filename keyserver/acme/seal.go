@@ -8,10 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/keysystem/keysystem/authority/keyfile"
 )
 
 // KEKFile is the key-encryption key's file name in the keyserver's
@@ -75,21 +76,27 @@ func (s *Sealer) Open(sealed []byte, where string) ([]byte, error) {
 	return out, nil
 }
 
-// LoadKEK reads the key-encryption key from dir, creating it (0600, written
-// to a temporary file, synced and renamed) when there is none. A key file
-// others may read is refused.
-func LoadKEK(dir string, random io.Reader) ([]byte, error) {
+// LoadKEK reads the key-encryption key from dir. It never makes one: a
+// keyserver that made its own would seal what the others cannot open, so
+// the key is made once (CreateKEK, by keyctl init) and copied to every
+// keyserver sharing a store. A key file others may read is refused.
+func LoadKEK(dir string) ([]byte, error) {
 	path := filepath.Join(dir, KEKFile)
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return createKEK(path, random)
-	} else if err != nil {
+	f, err := os.Open(path)
+	if err != nil {
 		return nil, fmt.Errorf("acme: %w", err)
 	}
-	if fi, err := os.Stat(path); err != nil {
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
 		return nil, fmt.Errorf("acme: %w", err)
-	} else if fi.Mode().Perm()&0o077 != 0 {
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("acme: %s is readable by others (mode %v); chmod 600 it", path, fi.Mode().Perm())
+	}
+	data, err := io.ReadAll(io.LimitReader(f, 1024))
+	if err != nil {
+		return nil, fmt.Errorf("acme: %w", err)
 	}
 	kek, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(data)))
 	if err != nil || len(kek) != 32 {
@@ -98,43 +105,22 @@ func LoadKEK(dir string, random io.Reader) ([]byte, error) {
 	return kek, nil
 }
 
-func createKEK(path string, random io.Reader) ([]byte, error) {
+// CreateKEK makes a new key-encryption key in dir (0600); it fails with
+// fs.ErrExist when there is one already, which it leaves alone.
+func CreateKEK(dir string, random io.Reader) error {
 	if random == nil {
 		random = rand.Reader
 	}
 	kek := make([]byte, 32)
 	if _, err := io.ReadFull(random, kek); err != nil {
-		return nil, fmt.Errorf("acme: %w", err)
+		return fmt.Errorf("acme: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".acme.kek-*")
+	staged, err := keyfile.Stage(filepath.Join(dir, KEKFile), []byte(base64.StdEncoding.EncodeToString(kek)+"\n"), 0o600, keyfile.NoOwner)
 	if err != nil {
-		return nil, fmt.Errorf("acme: %w", err)
+		return fmt.Errorf("acme: %w", err)
 	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.WriteString(base64.StdEncoding.EncodeToString(kek) + "\n")
-	if err == nil {
-		err = tmp.Chmod(0o600)
+	if err := staged.CommitNew(); err != nil {
+		return fmt.Errorf("acme: %w", err)
 	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		// Link, not rename: of two keyservers creating it at once, one
-		// wins and the other reads the winner's key.
-		err = os.Link(tmp.Name(), path)
-		if errors.Is(err, fs.ErrExist) {
-			return LoadKEK(filepath.Dir(path), random)
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("acme: write %s: %w", path, err)
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return kek, nil
+	return nil
 }

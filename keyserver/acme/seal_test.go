@@ -3,6 +3,7 @@ package acme_test
 import (
 	"bytes"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -50,28 +51,37 @@ func TestSeal(t *testing.T) {
 	}
 }
 
-func TestLoadKEK(t *testing.T) {
+func TestKEK(t *testing.T) {
 	dir := t.TempDir()
-	kek, err := acme.LoadKEK(dir, nil)
-	if err != nil || len(kek) != 32 {
-		t.Fatalf("LoadKEK (create) = %x, %v", kek, err)
+	if _, err := acme.LoadKEK(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("LoadKEK with no key = %v, want it refused, not made", err)
 	}
-	fi, err := os.Stat(filepath.Join(dir, acme.KEKFile))
+	if err := acme.CreateKEK(dir, nil); err != nil {
+		t.Fatalf("CreateKEK: %v", err)
+	}
+	path := filepath.Join(dir, acme.KEKFile)
+	fi, err := os.Stat(path)
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("key file: %v, %v; want mode 0600", fi, err)
 	}
-	if again, err := acme.LoadKEK(dir, nil); err != nil || !bytes.Equal(again, kek) {
-		t.Errorf("LoadKEK (read) = %x, %v; want the key created", again, err)
+	kek, err := acme.LoadKEK(dir)
+	if err != nil || len(kek) != 32 {
+		t.Fatalf("LoadKEK = %x, %v", kek, err)
+	}
+	if err := acme.CreateKEK(dir, nil); !errors.Is(err, fs.ErrExist) {
+		t.Errorf("CreateKEK over a key = %v, want fs.ErrExist", err)
+	}
+	if again, err := acme.LoadKEK(dir); err != nil || !bytes.Equal(again, kek) {
+		t.Errorf("after a second CreateKEK the key is %x, %v; want the first", again, err)
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
 		t.Errorf("directory holds %d files, want only the key", len(entries))
 	}
 
-	path := filepath.Join(dir, acme.KEKFile)
 	if err := os.Chmod(path, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := acme.LoadKEK(dir, nil); err == nil || !strings.Contains(err.Error(), "readable by others") {
+	if _, err := acme.LoadKEK(dir); err == nil || !strings.Contains(err.Error(), "readable by others") {
 		t.Errorf("LoadKEK of a 0644 file = %v", err)
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
@@ -80,7 +90,7 @@ func TestLoadKEK(t *testing.T) {
 	if err := os.WriteFile(path, []byte("c2hvcnQ=\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := acme.LoadKEK(dir, nil); err == nil || !strings.Contains(err.Error(), "32-byte") {
+	if _, err := acme.LoadKEK(dir); err == nil || !strings.Contains(err.Error(), "32-byte") {
 		t.Errorf("LoadKEK of a short key = %v", err)
 	}
 }

@@ -97,7 +97,36 @@ func Each(ctx context.Context, s Pager, prefix string, page int, fn func(KV) err
 	}
 }
 
+// Updater is what Update needs of a store.
+type Updater interface {
+	Get(ctx context.Context, key string) ([]byte, error)
+	Txn(ctx context.Context, conds []Cond, ops []Op) error
+}
+
+// Update is a read-modify-write of one key with optimistic concurrency:
+// fn sees the current value (nil when absent) and returns the new one, or
+// nil to leave it as it is; when the key changed meanwhile, fn runs again
+// on the new value. An error from fn is returned as it is.
+func Update(ctx context.Context, s Updater, key string, fn func(old []byte) ([]byte, error)) error {
+	for {
+		raw, err := s.Get(ctx, key)
+		cond := Cond{Key: key, Value: raw}
+		if errors.Is(err, ErrNotFound) {
+			raw, cond = nil, Cond{Key: key, Absent: true}
+		} else if err != nil {
+			return err
+		}
+		next, err := fn(raw)
+		if err != nil || next == nil {
+			return err
+		}
+		if err := s.Txn(ctx, []Cond{cond}, []Op{{Key: key, Value: next}}); !errors.Is(err, ErrConflict) {
+			return err
+		}
+	}
+}
+
 // Put stores value at key unconditionally.
-func Put(ctx context.Context, s Store, key string, value []byte) error {
+func Put(ctx context.Context, s Updater, key string, value []byte) error {
 	return s.Txn(ctx, nil, []Op{{Key: key, Value: value}})
 }

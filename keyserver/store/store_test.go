@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -107,4 +108,37 @@ func benchBolt(b *testing.B) *store.Bolt {
 	}
 	b.Cleanup(func() { s.Close() })
 	return s
+}
+
+// Update runs fn again on the value a concurrent writer left, and leaves
+// the key alone when fn returns nil.
+func TestUpdate(t *testing.T) {
+	ctx := t.Context()
+	s := store.NewMemory()
+	var seen []string
+	err := store.Update(ctx, s, "k", func(old []byte) ([]byte, error) {
+		seen = append(seen, string(old))
+		if len(seen) == 1 { // someone else writes between our read and our write
+			if err := store.Put(ctx, s, "k", []byte("theirs")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return append(old, "+mine"...), nil
+	})
+	if err != nil || len(seen) != 2 || seen[0] != "" || seen[1] != "theirs" {
+		t.Fatalf("Update = %v, fn saw %q; want it run on nothing, then on theirs", err, seen)
+	}
+	if v, _ := s.Get(ctx, "k"); string(v) != "theirs+mine" {
+		t.Errorf("value %q, want theirs+mine", v)
+	}
+	if err := store.Update(ctx, s, "k", func([]byte) ([]byte, error) { return nil, nil }); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := s.Get(ctx, "k"); string(v) != "theirs+mine" {
+		t.Errorf("a nil from fn changed the value to %q", v)
+	}
+	boom := errors.New("boom")
+	if err := store.Update(ctx, s, "k", func([]byte) ([]byte, error) { return nil, boom }); err != boom {
+		t.Errorf("fn's error came back as %v", err)
+	}
 }

@@ -9,17 +9,10 @@ package pebbletest
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
-	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -30,22 +23,21 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/keysystem/keysystem/authority"
 )
 
 // Pebble is a running Pebble.
 type Pebble struct {
-	Directory string         // the ACME directory URL
-	TLSRoots  *x509.CertPool // trust anchor of the directory's TLS certificate
-	RootsPEM  []byte         // the same, PEM (for a policy's ca_file)
-	Mgmt      string         // management API base URL (https)
-	DNS       string         // the DNS server Pebble resolves through (challtestsrv unless Options.DNSServer)
+	Directory string // the ACME directory URL
+	RootsPEM  []byte // trust anchor of the directory's TLS certificate (for a policy's ca_file)
+	Mgmt      string // management API base URL (https)
 	client    *http.Client
 }
 
 // Options for Start.
 type Options struct {
-	HTTPPort  int    // where Pebble sends HTTP-01 probes (to 127.0.0.1, as challtestsrv resolves every name there)
-	DNSServer string // host:port of a DNS server Pebble should use instead of challtestsrv
+	HTTPPort int // where Pebble sends HTTP-01 probes (to 127.0.0.1, as challtestsrv resolves every name there)
 }
 
 // tool returns the path of a Go tool of this module, building it if needed.
@@ -85,15 +77,12 @@ func Start(t testing.TB, opt Options) *Pebble {
 		}
 		return p
 	}
-	dnsAddr := opt.DNSServer
-	if dnsAddr == "" {
-		dnsAddr = "127.0.0.1:" + strconv.Itoa(freePort(t))
-		run(t, "pebble-challtestsrv", []string{
-			"-dnsserver", dnsAddr, "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
-			"-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "",
-			"-management", "127.0.0.1:" + strconv.Itoa(freePort(t)),
-		}, nil)
-	}
+	dnsAddr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	run(t, "pebble-challtestsrv", []string{
+		"-dnsserver", dnsAddr, "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+		"-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "",
+		"-management", "127.0.0.1:" + strconv.Itoa(freePort(t)),
+	}, nil)
 	listen, mgmt := "127.0.0.1:"+strconv.Itoa(freePort(t)), "127.0.0.1:"+strconv.Itoa(freePort(t))
 	httpPort := opt.HTTPPort
 	if httpPort == 0 {
@@ -126,10 +115,8 @@ func Start(t testing.TB, opt Options) *Pebble {
 	pool.AppendCertsFromPEM(caPEM)
 	p := &Pebble{
 		Directory: "https://" + listen + "/dir",
-		TLSRoots:  pool,
 		RootsPEM:  caPEM,
 		Mgmt:      "https://" + mgmt,
-		DNS:       dnsAddr,
 		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 			TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
 		}},
@@ -168,23 +155,6 @@ func (p *Pebble) IssuerRoots(t testing.TB) *x509.CertPool {
 		t.Fatalf("pebble roots: no certificate in %q", data)
 	}
 	return pool
-}
-
-// SetRenewalInfo makes Pebble's ARI answer for cert the JSON given.
-func (p *Pebble) SetRenewalInfo(t testing.TB, cert *x509.Certificate, ari string) {
-	t.Helper()
-	body, _ := json.Marshal(map[string]string{
-		"Certificate": string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})),
-		"ARIResponse": ari,
-	})
-	resp, err := p.client.Post(p.Mgmt+"/set-renewal-info/", "application/json", bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("set-renewal-info: %s", resp.Status)
-	}
 }
 
 // logWriter hands a process's output to the test log, line by line,
@@ -243,43 +213,24 @@ func run(t testing.TB, name string, args, env []string) {
 // signed by it, for Pebble's own API.
 func tlsMaterial(t testing.TB) (caPEM, certPEM, keyPEM []byte) {
 	t.Helper()
-	now := time.Now()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := authority.Generate(authority.Config{Name: "pebbletest API"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "pebbletest API root"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	key, err := authority.GenerateKey(authority.ECDSAP256)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "pebble"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+	cert, err := ca.Sign(authority.Request{
+		PublicKey: key.Public(), CommonName: "pebble", Lifetime: 24 * time.Hour,
 		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
+	if keyPEM, err = authority.EncodeKeyPEM(key); err != nil {
 		t.Fatal(err)
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
+	return authority.EncodePEM(ca.Root()), authority.EncodePEM(append([]*x509.Certificate{cert}, ca.Chain()...)...), keyPEM
 }
-
-// String describes p for logs.
-func (p *Pebble) String() string { return fmt.Sprintf("pebble at %s (dns %s)", p.Directory, p.DNS) }
