@@ -5,8 +5,11 @@
 set -euo pipefail
 
 # Debian packages the tests need; later work adds real components here
-# (etcd-server, knot, openssh-server) as the features that need them land.
-PKGS=(ca-certificates git)
+# (etcd-server, openssh-server) as the features that need them land.
+#   knot, knot-dnsutils  authoritative DNS updated over RFC 2136 (ACME dns-01)
+#   unbound              the recursive resolver Pebble asks, following CNAMEs
+#   nginx-light, haproxy front ends proxying ACME http-01 to the keyservers
+PKGS=(ca-certificates git knot knot-dnsutils unbound nginx-light haproxy)
 
 missing=()
 for p in "${PKGS[@]}"; do

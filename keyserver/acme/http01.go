@@ -25,6 +25,7 @@ const http01Prefix = "acme/http01/"
 // Store is what the ACME side needs of the keyserver's storage.
 type Store interface {
 	Get(ctx context.Context, key string) ([]byte, error)
+	List(ctx context.Context, prefix string) ([]store.KV, error)
 	Txn(ctx context.Context, conds []store.Cond, ops []store.Op) error
 }
 

@@ -3,6 +3,7 @@ package acme
 import (
 	"context"
 	"crypto"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -12,7 +13,6 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -45,17 +45,33 @@ type Config struct {
 	// back, so that clients whose clocks run behind do not see it as not
 	// yet valid.
 	Staging time.Duration
-	Now     func() time.Time
-	Log     *slog.Logger
+
+	// The renewal schedule; zero means the Default of each (renew.go).
+	MaxOrdersPerDay int           // orders per label in any 24 hours, one per key type
+	RetryMin        time.Duration // the wait after a first failure, doubling with each one after
+	RetryMax        time.Duration // the slow retry the doubling stops at
+	ARIInterval     time.Duration // how often the CA's renewal window is asked, unless it says
+	LeaseTime       time.Duration // how long a keyserver holds a label's lease while ordering
+	CheckInterval   time.Duration // how often Run looks at every label
+
+	// Holder names this keyserver in a label's lease; default random.
+	Holder string
+	// Transport, if set, wraps the transport to the CA (for tests to
+	// watch the requests).
+	Transport func(http.RoundTripper) http.RoundTripper
+
+	Now func() time.Time
+	Log *slog.Logger
 }
 
 // Manager obtains and keeps the policy's ACME certificates.
 type Manager struct {
-	cfg Config
+	cfg    Config
+	holder string // names this keyserver in a label's lease
 	// mu: one order at a time per keyserver, since the CA's limits are
-	// per account. (Keyservers sharing a store do not yet take a lease
-	// per label; see the ACME issue.)
-	mu sync.Mutex
+	// per account; keyservers sharing a store take a lease per label.
+	mu   sync.Mutex
+	wake chan struct{} // a forced renewal: check now
 	// placeholderMu: placeholder keys are made by one caller at a time,
 	// so a burst of front ends asking at boot makes one set, not many.
 	placeholderMu sync.Mutex
@@ -72,7 +88,23 @@ func NewManager(cfg Config) (*Manager, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{cfg: cfg}, nil
+	setDefault(&cfg.MaxOrdersPerDay, DefaultMaxOrdersPerDay)
+	setDefault(&cfg.RetryMin, DefaultRetryMin)
+	setDefault(&cfg.RetryMax, DefaultRetryMax)
+	setDefault(&cfg.ARIInterval, DefaultARIInterval)
+	setDefault(&cfg.LeaseTime, DefaultLeaseTime)
+	setDefault(&cfg.CheckInterval, DefaultCheckInterval)
+	if cfg.Holder == "" {
+		cfg.Holder = rand.Text()[:12]
+	}
+	return &Manager{cfg: cfg, holder: cfg.Holder, wake: make(chan struct{}, 1)}, nil
+}
+
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
 }
 
 // Version is one issue of a label's certificates, one per key type, all
@@ -108,6 +140,7 @@ type labelState struct {
 	// first issue): self-signed, short-lived, version 0, so front ends
 	// can start their TLS listener at boot.
 	Placeholder *Version `json:"placeholder,omitempty"`
+	Status      status   `json:"status"`
 }
 
 func decodeState(label string, raw []byte) (labelState, error) {
@@ -160,8 +193,12 @@ func (u *legoUser) GetPrivateKey() crypto.PrivateKey        { return u.key }
 // in the store so every keyserver uses the one account. Of keyservers
 // registering at once, the first to store its account wins and the others
 // use that one.
-func (m *Manager) client(ctx context.Context, acct *policy.ACMEAccount) (*lego.Client, error) {
-	key := accountPrefix + acct.Name
+func (m *Manager) client(ctx context.Context, acct *policy.ACMEAccount, staging bool) (*lego.Client, error) {
+	key, directory := accountPrefix+acct.Name, acct.Directory
+	if staging {
+		// An account of its own at the staging CA.
+		key, directory = key+"@staging", acct.StagingDirectory
+	}
 	u := &legoUser{email: acct.Email}
 	raw, err := m.cfg.Store.Get(ctx, key)
 	switch {
@@ -186,13 +223,13 @@ func (m *Manager) client(ctx context.Context, acct *policy.ACMEAccount) (*lego.C
 			return nil, fmt.Errorf("acme: account %s: its key: %v", acct.Name, err)
 		}
 		u.key = signer
-		if rec.Directory == acct.Directory {
+		if rec.Directory == directory {
 			u.reg = rec.Registration
 		}
 	}
 
 	cfg := lego.NewConfig(u)
-	cfg.CADirURL = acct.Directory
+	cfg.CADirURL = directory
 	cfg.UserAgent = "keysystem"
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if len(acct.Roots) > 0 {
@@ -201,10 +238,16 @@ func (m *Manager) client(ctx context.Context, acct *policy.ACMEAccount) (*lego.C
 			tlsCfg.RootCAs.AddCert(c)
 		}
 	}
-	cfg.HTTPClient = &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment}}
+	var rt http.RoundTripper = &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment}
+	if m.cfg.Transport != nil {
+		rt = m.cfg.Transport(rt)
+	}
+	// lego takes no context: its requests get ours through the transport,
+	// so a keyserver shutting down ends an order in progress.
+	cfg.HTTPClient = &http.Client{Timeout: time.Minute, Transport: ctxTransport{ctx: ctx, next: rt}}
 	c, err := lego.NewClient(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("acme: account %s: directory %s: %w", acct.Name, acct.Directory, err)
+		return nil, fmt.Errorf("acme: account %s: directory %s: %w", acct.Name, directory, err)
 	}
 	if err := c.Challenge.SetHTTP01Provider(m.cfg.HTTP01); err != nil {
 		return nil, err
@@ -220,7 +263,7 @@ func (m *Manager) client(ctx context.Context, acct *policy.ACMEAccount) (*lego.C
 		u.reg, err = c.Registration.Register(registration.RegisterOptions{TermsOfServiceAgreed: true})
 	}
 	if err != nil {
-		return nil, fmt.Errorf("acme: account %s: register at %s: %w", acct.Name, acct.Directory, err)
+		return nil, fmt.Errorf("acme: account %s: register at %s: %w", acct.Name, directory, err)
 	}
 	pemKey, err := authority.EncodeKeyPEM(u.key)
 	if err != nil {
@@ -230,7 +273,7 @@ func (m *Manager) client(ctx context.Context, acct *policy.ACMEAccount) (*lego.C
 	if err != nil {
 		return nil, err
 	}
-	next, err := json.Marshal(accountRecord{Directory: acct.Directory, Key: sealed, Registration: u.reg})
+	next, err := json.Marshal(accountRecord{Directory: directory, Key: sealed, Registration: u.reg})
 	if err != nil {
 		return nil, err
 	}
@@ -241,11 +284,11 @@ func (m *Manager) client(ctx context.Context, acct *policy.ACMEAccount) (*lego.C
 	err = m.cfg.Store.Txn(ctx, []store.Cond{cond}, []store.Op{{Key: key, Value: next}})
 	if errors.Is(err, store.ErrConflict) {
 		m.cfg.Log.Warn("acme account registered by another keyserver meanwhile; using that one", "account", acct.Name, "unused", u.reg.URI)
-		return m.client(ctx, acct)
+		return m.client(ctx, acct, staging)
 	} else if err != nil {
 		return nil, fmt.Errorf("acme: account %s: keep it: %w", acct.Name, err)
 	}
-	m.cfg.Log.Info("acme account registered", "account", acct.Name, "directory", acct.Directory, "uri", u.reg.URI)
+	m.cfg.Log.Info("acme account registered", "account", acct.Name, "directory", directory, "uri", u.reg.URI)
 	return c, nil
 }
 
@@ -256,22 +299,17 @@ type issued struct {
 	leaf      *x509.Certificate
 }
 
-// Obtain gets a new version of the label's certificates, every key type,
-// and keeps it as the next version: it is served once all of it is ready
-// and its staging time has passed. Nothing is kept unless every key type
-// was obtained, so front ends never hold a mixed set.
-func (m *Manager) Obtain(ctx context.Context, label string) (*Version, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	p := m.cfg.Policy()
-	lc := p.ACMECert(label)
-	if lc == nil {
-		return nil, fmt.Errorf("%w: %q", ErrUnknownLabel, label)
-	}
+// order obtains the label's certificates from its account's CA (or
+// staging CA), one order per
+// key type, replacing (RFC 9773) the certificates named in replaces.
+// Nothing is kept here: see keep.
+func (m *Manager) order(ctx context.Context, lc *policy.ACMECert, staging bool, keyTypes []string, replaces map[string]string) (map[string]issued, error) {
 	if lc.Challenge != policy.ChallengeHTTP01 {
-		return nil, fmt.Errorf("acme: %s: %s is not supported yet", label, lc.Challenge)
+		return nil, fmt.Errorf("acme: %s: %s is not supported yet", lc.Label, lc.Challenge)
 	}
-	client, err := m.client(ctx, p.ACMEAccount(lc.Account))
+	ctx, cancel := context.WithCancel(ctx) // see ctxTransport
+	defer cancel()
+	client, err := m.client(ctx, m.cfg.Policy().ACMEAccount(lc.Account), staging)
 	if err != nil {
 		return nil, err
 	}
@@ -281,18 +319,20 @@ func (m *Manager) Obtain(ctx context.Context, label string) (*Version, error) {
 		names[0], names[i] = names[i], names[0]
 	}
 	got := map[string]issued{}
-	for _, kt := range lc.KeyTypes {
+	for _, kt := range keyTypes {
 		key, err := authority.GenerateKey(authority.KeyType(kt))
 		if err != nil {
 			return nil, err
 		}
-		res, err := client.Certificate.Obtain(certificate.ObtainRequest{Domains: names, PrivateKey: key, Bundle: true})
+		res, err := client.Certificate.Obtain(certificate.ObtainRequest{
+			Domains: names, PrivateKey: key, Bundle: true, ReplacesCertID: replaces[kt],
+		})
 		if err != nil {
-			return nil, fmt.Errorf("acme: %s (%s): %w", label, kt, err)
+			return nil, fmt.Errorf("acme: %s (%s): %w", lc.Label, kt, err)
 		}
 		chain, err := pemutil.ParseCertificateBundle(res.Certificate)
 		if err != nil {
-			return nil, fmt.Errorf("acme: %s (%s): the CA's certificate: %w", label, kt, err)
+			return nil, fmt.Errorf("acme: %s (%s): the CA's certificate: %w", lc.Label, kt, err)
 		}
 		pemKey, err := authority.EncodeKeyPEM(key)
 		if err != nil {
@@ -300,44 +340,46 @@ func (m *Manager) Obtain(ctx context.Context, label string) (*Version, error) {
 		}
 		got[kt] = issued{fullchain: res.Certificate, key: pemKey, leaf: chain[0]}
 	}
+	return got, nil
+}
 
-	// The record may have changed during the orders (a placeholder made,
-	// a version promoted): the new version is numbered and sealed against
-	// what it holds when written.
-	var v *Version
-	_, err = m.updateState(ctx, label, func(st *labelState) (bool, error) {
-		v = &Version{Number: 1, CommonName: lc.CommonName, Names: slices.Clone(lc.Names), Certs: map[string]*CertFile{}}
-		for _, prev := range []*Version{st.Current, st.Next} {
-			if prev != nil && prev.Number >= v.Number {
-				v.Number = prev.Number + 1
-			}
+// newVersion seals what was obtained into the next version after st's,
+// served once all of it is ready and its staging time has passed.
+func (m *Manager) newVersion(lc *policy.ACMECert, st *labelState, got map[string]issued) (*Version, error) {
+	v := &Version{Number: 1, CommonName: lc.CommonName, Names: slices.Clone(lc.Names), Certs: map[string]*CertFile{}}
+	for _, prev := range []*Version{st.Current, st.Next} {
+		if prev != nil && prev.Number >= v.Number {
+			v.Number = prev.Number + 1
 		}
-		for kt, is := range got {
-			sealed, err := m.cfg.Sealer.Seal(is.key, keyWhere(label, v.Number, kt))
-			if err != nil {
-				return false, err
-			}
-			ari, err := certificate.MakeARICertID(is.leaf)
-			if err != nil {
-				return false, err
-			}
-			v.Certs[kt] = &CertFile{Fullchain: is.fullchain, Key: sealed, ARICertID: ari}
-			if is.leaf.NotBefore.After(v.NotBefore) {
-				v.NotBefore = is.leaf.NotBefore
-			}
-			if v.NotAfter.IsZero() || is.leaf.NotAfter.Before(v.NotAfter) {
-				v.NotAfter = is.leaf.NotAfter
-			}
-		}
-		v.ReadyAt = v.NotBefore.Add(m.cfg.Staging)
-		st.Next = v
-		return true, nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("acme: %s: keep it: %w", label, err)
 	}
-	m.cfg.Log.Info("acme certificate obtained", "label", label, "version", v.Number, "names", strings.Join(v.Names, ","), "not_after", v.NotAfter, "ready_at", v.ReadyAt)
+	for kt, is := range got {
+		sealed, err := m.cfg.Sealer.Seal(is.key, keyWhere(lc.Label, v.Number, kt))
+		if err != nil {
+			return nil, err
+		}
+		ari, err := certificate.MakeARICertID(is.leaf)
+		if err != nil {
+			return nil, err
+		}
+		v.Certs[kt] = &CertFile{Fullchain: is.fullchain, Key: sealed, ARICertID: ari}
+		if is.leaf.NotBefore.After(v.NotBefore) {
+			v.NotBefore = is.leaf.NotBefore
+		}
+		if v.NotAfter.IsZero() || is.leaf.NotAfter.Before(v.NotAfter) {
+			v.NotAfter = is.leaf.NotAfter
+		}
+	}
+	v.ReadyAt = v.NotBefore.Add(m.cfg.Staging)
 	return v, nil
+}
+
+// promote makes the next version current once its time has come.
+func (m *Manager) promote(st *labelState) bool {
+	if st.Next == nil || m.cfg.Now().Before(st.Next.ReadyAt) {
+		return false
+	}
+	st.Current, st.Next, st.Placeholder = st.Next, nil, nil
+	return true
 }
 
 // Served is what a label serves for one key type.
@@ -365,11 +407,7 @@ func (m *Manager) Get(ctx context.Context, label, keyType string) (*Served, erro
 		return nil, fmt.Errorf("%w: %q is not issued in %s", ErrUnknownLabel, label, keyType)
 	}
 	st, err := m.updateState(ctx, label, func(st *labelState) (bool, error) {
-		if st.Next == nil || m.cfg.Now().Before(st.Next.ReadyAt) {
-			return false, nil
-		}
-		st.Current, st.Next, st.Placeholder = st.Next, nil, nil
-		return true, nil
+		return m.promote(st), nil
 	})
 	if err != nil {
 		return nil, err

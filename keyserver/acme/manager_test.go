@@ -11,7 +11,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +25,7 @@ import (
 
 	"github.com/keysystem/keysystem/keyserver/acme"
 	"github.com/keysystem/keysystem/keyserver/acme/pebbletest"
+	"github.com/keysystem/keysystem/keyserver/api"
 	"github.com/keysystem/keysystem/keyserver/store"
 	"github.com/keysystem/keysystem/policy"
 )
@@ -54,33 +58,56 @@ type acmeEnv struct {
 	pebble     *pebbletest.Pebble
 	store      *onAnswer
 	clock      *clock
+	orders     *orderCounter
 	mgr        *acme.Manager
 	newManager func() *acme.Manager // another keyserver on the same store
 }
 
+type envOptions struct {
+	certs   string // the policy's acme.certificates, indented
+	account string // more of the account's settings, indented
+	// caPort, if set, is where Pebble validates http-01, instead of the
+	// keyserver's listener: a front end that does not proxy the path.
+	caPort int
+	config func(*acme.Config)
+}
+
 func newACMEEnv(t *testing.T, certs string) *acmeEnv {
+	return newACMEEnvWith(t, envOptions{certs: certs})
+}
+
+func newACMEEnvWith(t *testing.T, opt envOptions) *acmeEnv {
 	t.Helper()
 	st := &onAnswer{Memory: store.NewMemory()}
 	addr := serveHTTP01(t, st)
 	_, port, _ := net.SplitHostPort(addr)
 	httpPort, _ := strconv.Atoi(port)
+	if opt.caPort != 0 {
+		httpPort = opt.caPort
+	}
 	pb := pebbletest.Start(t, pebbletest.Options{HTTPPort: httpPort})
-	src := fmt.Sprintf("groups: {}\nacme:\n  accounts:\n    pebble:\n      directory: %s\n      ca_file: pebble-tls.pem\n  certificates:\n%s", pb.Directory, certs)
+	account := strings.ReplaceAll(opt.account, "$DIRECTORY", pb.Directory)
+	src := fmt.Sprintf("groups: {}\nacme:\n  accounts:\n    pebble:\n      directory: %s\n      ca_file: pebble-tls.pem\n%s  certificates:\n%s", pb.Directory, account, opt.certs)
 	pol, err := policy.Parse("policy.yaml", []byte(src), func(string) ([]byte, error) { return pb.RootsPEM, nil })
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := &clock{now: time.Now()}
-	e := &acmeEnv{pebble: pb, store: st, clock: c}
+	e := &acmeEnv{pebble: pb, store: st, clock: c, orders: &orderCounter{}}
 	e.newManager = func() *acme.Manager {
 		sealer, err := acme.NewSealer(bytes.Repeat([]byte{1}, 32), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		mgr, err := acme.NewManager(acme.Config{
+		cfg := acme.Config{
 			Store: st, Sealer: sealer, Policy: func() *policy.Policy { return pol },
 			HTTP01: &acme.HTTP01Provider{Store: st, ProbeAddr: addr}, Staging: time.Hour, Now: c.Now,
-		})
+			Transport: e.orders.wrap,
+		}
+		if opt.config != nil {
+			opt.config(&cfg)
+		}
+		mgr, err := acme.NewManager(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -89,6 +116,71 @@ func newACMEEnv(t *testing.T, certs string) *acmeEnv {
 	e.mgr = e.newManager()
 	return e
 }
+
+// obtain has the manager order the label's first version and serve it.
+func (e *acmeEnv) obtain(t *testing.T, label string) *api.ACMEVersion {
+	t.Helper()
+	if ordered, err := e.mgr.Check(t.Context(), label); !ordered || err != nil {
+		t.Fatalf("Check = %v, %v; want an order", ordered, err)
+	}
+	s, err := e.mgr.Status(t.Context(), label)
+	if err != nil || s.Next == nil {
+		t.Fatalf("Status = %+v, %v; want a next version", s, err)
+	}
+	e.clock.Set(s.Next.ReadyAt)
+	return s.Next
+}
+
+// orderCounter watches the requests to the CA: it counts new orders,
+// keeps what they replace, and can refuse renewal information (a CA that
+// does not offer it, which Pebble cannot be told to be).
+type orderCounter struct {
+	mu       sync.Mutex
+	orders   int
+	replaces []string
+	noARI    bool
+}
+
+func (o *orderCounter) wrap(next http.RoundTripper) http.RoundTripper {
+	return roundTripper(func(r *http.Request) (*http.Response, error) {
+		o.mu.Lock()
+		noARI := o.noARI
+		o.mu.Unlock()
+		if noARI && strings.Contains(strings.ToLower(r.URL.Path), "renewalinfo") {
+			return nil, errors.New("test: renewal information is not offered")
+		}
+		if strings.HasSuffix(r.URL.Path, "/order-plz") && r.Body != nil {
+			body, _ := io.ReadAll(r.Body)
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			var jws struct{ Payload string }
+			var order struct{ Replaces string }
+			_ = json.Unmarshal(body, &jws)
+			payload, _ := base64.RawURLEncoding.DecodeString(jws.Payload)
+			_ = json.Unmarshal(payload, &order)
+			resp, err := next.RoundTrip(r)
+			// Pebble refuses some nonces on purpose and lego retries:
+			// only the orders made count.
+			if err == nil && resp.StatusCode == http.StatusCreated {
+				o.mu.Lock()
+				o.orders++
+				o.replaces = append(o.replaces, order.Replaces)
+				o.mu.Unlock()
+			}
+			return resp, err
+		}
+		return next.RoundTrip(r)
+	})
+}
+
+func (o *orderCounter) count() (int, []string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.orders, slices.Clone(o.replaces)
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // clearKeys returns the store keys whose values hold a private key in
 // clear: as text, or as base64 (how JSON writes []byte) anywhere inside.
@@ -158,15 +250,19 @@ func TestObtainEveryKeyType(t *testing.T) {
 			t.Errorf("Get during the order = %v, %v; want the placeholder", s, err)
 		}
 	}
-	v, err := e.mgr.Obtain(t.Context(), "web")
-	if err != nil {
-		t.Fatalf("Obtain: %v", err)
+	if ordered, err := e.mgr.Check(t.Context(), "web"); !ordered || err != nil {
+		t.Fatalf("Check = %v, %v; want an order", ordered, err)
 	}
 	if !hooked {
 		t.Fatal("no placeholder was made during the order")
 	}
-	if v.Number != 1 || len(v.Certs) != 2 {
-		t.Fatalf("version %d with %d certificates, want 1 with 2", v.Number, len(v.Certs))
+	st, err := e.mgr.Status(t.Context(), "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := st.Next
+	if v == nil || v.Number != 1 || len(v.Serials) != 2 || st.OrdersToday != 2 || st.LastError != "" {
+		t.Fatalf("status after the order: %+v, next %+v; want version 1 with 2 certificates, 2 orders", st, v)
 	}
 	if s, err := e.mgr.Get(t.Context(), "web", "ecdsa-p256"); err != nil || !s.Placeholder {
 		t.Errorf("Get during the staging time = %v, %v; want the placeholder", s, err)

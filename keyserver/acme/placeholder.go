@@ -25,16 +25,7 @@ const PlaceholderOrganization = "keysystem placeholder: not yet issued by the CA
 // fits reports whether placeholder v still stands for the label as the
 // policy has it now, with at least half its life left.
 func (m *Manager) fits(v *Version, lc *policy.ACMECert) bool {
-	if v == nil || !m.cfg.Now().Before(v.NotAfter.Add(-PlaceholderLifetime/2)) ||
-		v.CommonName != lc.CommonName || !slices.Equal(v.Names, lc.Names) {
-		return false
-	}
-	for _, kt := range lc.KeyTypes {
-		if v.Certs[kt] == nil {
-			return false
-		}
-	}
-	return true
+	return covers(v, lc) && m.cfg.Now().Before(v.NotAfter.Add(-PlaceholderLifetime/2))
 }
 
 // placeholder returns the label's placeholder version, given its record

@@ -34,6 +34,21 @@ const (
 	PathPolicyReload  = "/v1/admin/policy/reload"
 	PathPolicyExplain = "/v1/admin/policy/explain"
 
+	// ACME certificates (policy labels). A node fetches
+	// PathCerts+label+"/public.pem" (the full chain) and "/private.pem"
+	// (its key), in the label's first key type, or one key type's files:
+	// PathCerts+label+"/ecdsa/"+("cert.pem", "chain.pem", "fullchain.pem"
+	// or "key.pem"), likewise "/rsa/". Administrators read the labels'
+	// state at PathACME (+ "/" + label) and force a renewal by POST to
+	// PathACME/{label}/renew.
+	PathCerts     = "/certs/"
+	PathACME      = "/v1/admin/acme"
+	PathACMERenew = "/renew" // suffix of PathACME/{label}
+
+	// HeaderACMEVersion carries the version number of an ACME label's
+	// certificate served (0: the self-signed placeholder).
+	HeaderACMEVersion = "X-Keysystem-Acme-Version"
+
 	// HeaderDigest carries "sha256:<hex>" of a static file's content.
 	HeaderDigest = "X-Keysystem-Digest"
 )
@@ -197,6 +212,68 @@ type NodeInfo struct {
 // NodeList is the answer to GET PathNodes.
 type NodeList struct {
 	Nodes []NodeInfo `json:"nodes"`
+}
+
+// ACMEStatus is an ACME label's state, as every keyserver sharing the
+// store sees it.
+type ACMEStatus struct {
+	Label      string   `json:"label"`
+	Account    string   `json:"account"`
+	CommonName string   `json:"cn"`
+	Names      []string `json:"names"`
+	Challenge  string   `json:"challenge"`
+	KeyTypes   []string `json:"key_types"`
+
+	Current *ACMEVersion `json:"current,omitempty"` // served
+	Next    *ACMEVersion `json:"next,omitempty"`    // obtained, held back until its ready_at
+	// Placeholder: a key type is served as the self-signed placeholder,
+	// because no certificate from the CA exists for it yet.
+	Placeholder bool `json:"placeholder,omitempty"`
+
+	// RenewAt is when the current version is due for renewal, and
+	// RenewBy why then: "ari" (the CA's renewal window), "lifetime" (two
+	// thirds of it), or, with RenewAt now, "first issue", "policy
+	// changed" or "forced".
+	RenewAt      time.Time `json:"renew_at,omitzero"`
+	RenewBy      string    `json:"renew_by,omitempty"`
+	ARICheckedAt time.Time `json:"ari_checked_at,omitzero"`
+	// NextAttempt is the earliest the keyserver orders again: after a
+	// failure (backing off), or when the daily cap is reached.
+	NextAttempt     time.Time `json:"next_attempt,omitzero"`
+	LastAttempt     time.Time `json:"last_attempt,omitzero"`
+	LastSuccess     time.Time `json:"last_success,omitzero"`
+	LastError       string    `json:"last_error,omitempty"`
+	Failures        int       `json:"failures,omitempty"` // in a row
+	OrdersToday     int       `json:"orders_today"`       // in the last 24 hours, one per key type
+	MaxOrdersPerDay int       `json:"max_orders_per_day"`
+	Forced          bool      `json:"forced,omitempty"`   // a renewal was asked for and has not yet succeeded
+	Ordering        string    `json:"ordering,omitempty"` // the keyserver ordering now, if one is
+
+	Nodes []ACMEFetch `json:"nodes,omitempty"` // which version each node last fetched
+}
+
+// ACMEVersion is one version of a label's certificates.
+type ACMEVersion struct {
+	Number    int               `json:"number"`
+	Names     []string          `json:"names"`
+	NotBefore time.Time         `json:"not_before"`
+	NotAfter  time.Time         `json:"not_after"`
+	ReadyAt   time.Time         `json:"ready_at"`
+	Serials   map[string]string `json:"serials"` // by key type, hex
+}
+
+// ACMEFetch is the version of a label a node last fetched.
+type ACMEFetch struct {
+	Node    string    `json:"node"`
+	Version int       `json:"version"`
+	KeyType string    `json:"key_type"`
+	At      time.Time `json:"at"`
+	Stale   bool      `json:"stale,omitempty"` // older than the version served now
+}
+
+// ACMEStatusList is the answer to GET PathACME.
+type ACMEStatusList struct {
+	Labels []ACMEStatus `json:"labels"`
 }
 
 // Health is the answer to GET PathHealth.

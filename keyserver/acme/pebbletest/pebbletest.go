@@ -157,6 +157,29 @@ func (p *Pebble) IssuerRoots(t testing.TB) *x509.CertPool {
 	return pool
 }
 
+// SetRenewalInfo makes Pebble's renewal information (RFC 9773) for the
+// certificate (PEM) suggest the window from start to end.
+func (p *Pebble) SetRenewalInfo(t testing.TB, certPEM []byte, start, end time.Time) {
+	t.Helper()
+	window, err := json.Marshal(map[string]any{"suggestedWindow": map[string]time.Time{"start": start, "end": end}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := json.Marshal(map[string]string{"Certificate": string(certPEM), "ARIResponse": string(window)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := p.client.Post(p.Mgmt+"/set-renewal-info/", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(resp.Body)
+		t.Fatalf("pebble set-renewal-info: %s: %s", resp.Status, msg)
+	}
+}
+
 // logWriter hands a process's output to the test log, line by line,
 // until the test ends.
 type logWriter struct {
