@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/keysystem/keysystem/authority"
+	"github.com/keysystem/keysystem/keyserver/acme"
 	"github.com/keysystem/keysystem/keyserver/store"
 )
 
@@ -44,6 +45,26 @@ type FileConfig struct {
 	// with a pointer to where the setting went.
 	OldCGCLifetime time.Duration `yaml:"cgc_lifetime,omitempty"`
 	MaxTokenTTL    time.Duration `yaml:"max_token_ttl,omitempty"`
+
+	// ACME turns on the policy's public certificates (acme: in the
+	// policy). Their private keys are sealed in the store under the
+	// key-encryption key in acme.kek, next to this file.
+	ACME *ACMEFileConfig `yaml:"acme,omitempty"`
+
+	dir string // the file's directory
+}
+
+// ACMEFileConfig is keyserver.yaml's acme section.
+type ACMEFileConfig struct {
+	// HTTP01Listen is the plain-HTTP listener answering ACME http-01
+	// challenges (front ends proxy /.well-known/acme-challenge/ to it).
+	HTTP01Listen string `yaml:"http01_listen,omitempty"`
+	// HTTP01Probe is where the keyserver fetches its own answer before
+	// telling the CA: best a front end's address, so the whole path is
+	// checked; default the http-01 listener itself.
+	HTTP01Probe     string        `yaml:"http01_probe,omitempty"`
+	StagingTime     time.Duration `yaml:"staging_time,omitempty"`
+	MaxOrdersPerDay int           `yaml:"max_orders_per_day,omitempty"`
 }
 
 // StoreConfig chooses the store.
@@ -85,6 +106,7 @@ func LoadConfig(path string) (*FileConfig, error) {
 	rel(&c.Store.Path)
 	rel(&c.AuditLog)
 	rel(&c.Policy)
+	c.dir = base
 	var problems []error
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		problems = append(problems, fmt.Errorf("listen: %q is not host:port", c.Listen))
@@ -111,6 +133,21 @@ func LoadConfig(path string) (*FileConfig, error) {
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		problems = append(problems, err)
+	}
+	if a := c.ACME; a != nil {
+		if a.HTTP01Listen != "" {
+			if _, _, err := net.SplitHostPort(a.HTTP01Listen); err != nil {
+				problems = append(problems, fmt.Errorf("acme.http01_listen: %q is not host:port", a.HTTP01Listen))
+			}
+		}
+		if a.HTTP01Probe != "" {
+			if _, _, err := net.SplitHostPort(a.HTTP01Probe); err != nil {
+				problems = append(problems, fmt.Errorf("acme.http01_probe: %q is not host:port", a.HTTP01Probe))
+			}
+		}
+		if a.StagingTime < 0 || a.MaxOrdersPerDay < 0 {
+			problems = append(problems, errors.New("acme.staging_time, acme.max_orders_per_day: must not be negative"))
+		}
 	}
 	if err := errors.Join(problems...); err != nil {
 		return nil, fmt.Errorf("keyserver: config %s: %w", path, err)
@@ -162,6 +199,15 @@ func Open(c *FileConfig, logger *slog.Logger) (*Server, io.Closer, error) {
 		audit = f
 		closers = append(closers, f.Close)
 	}
+	var acmeCfg *ACMEConfig
+	if a := c.ACME; a != nil {
+		kek, err := acme.LoadKEK(c.dir)
+		if err != nil {
+			closers.Close()
+			return nil, nil, fmt.Errorf("keyserver: %w (keyctl init writes it; for an older directory, run keyctl acme kek --dir %s)", err, c.dir)
+		}
+		acmeCfg = &ACMEConfig{KEK: kek, HTTP01Probe: a.probeAddr(), Staging: a.StagingTime, MaxOrdersPerDay: a.MaxOrdersPerDay}
+	}
 	srv, err := New(Config{
 		Names:        c.Names,
 		KeyGranting:  auths[authority.KeyGranting],
@@ -179,12 +225,27 @@ func Open(c *FileConfig, logger *slog.Logger) (*Server, io.Closer, error) {
 		MaxTokenTTL:  c.MaxTokenTTL,
 		Audit:        audit,
 		Logger:       logger,
+		ACME:         acmeCfg,
 	})
 	if err != nil {
 		closers.Close()
 		return nil, nil, err
 	}
 	return srv, closers, nil
+}
+
+// probeAddr is where the http-01 self-probe connects: the configured
+// probe, else the listener itself (on loopback when it listens on every
+// address).
+func (a *ACMEFileConfig) probeAddr() string {
+	if a.HTTP01Probe != "" || a.HTTP01Listen == "" {
+		return a.HTTP01Probe
+	}
+	host, port, _ := net.SplitHostPort(a.HTTP01Listen)
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 type closerFuncs []func() error

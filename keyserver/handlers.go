@@ -39,6 +39,11 @@ func (s *Server) routes() {
 	m.HandleFunc("GET "+api.PathPolicy, s.admin(s.handlePolicyStatus))
 	m.HandleFunc("POST "+api.PathPolicyReload, s.admin(s.handlePolicyReload))
 	m.HandleFunc("POST "+api.PathPolicyExplain, s.admin(s.handlePolicyExplain))
+	m.HandleFunc("GET "+api.PathCerts+"{label}/{file}", s.node(s.handleACMEFile))
+	m.HandleFunc("GET "+api.PathCerts+"{label}/{family}/{file}", s.node(s.handleACMEFile))
+	m.HandleFunc("GET "+api.PathACME, s.admin(s.handleACMEStatusAll))
+	m.HandleFunc("GET "+api.PathACME+"/{label}", s.admin(s.handleACMEStatus))
+	m.HandleFunc("POST "+api.PathACME+"/{label}"+api.PathACMERenew, s.admin(s.handleACMERenew))
 	if s.cfg.Profiling {
 		m.HandleFunc("GET "+PathProfile+"{name}", s.admin(s.handleProfile))
 	}

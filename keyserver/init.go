@@ -17,6 +17,7 @@ import (
 
 	"github.com/keysystem/keysystem/authority"
 	"github.com/keysystem/keysystem/authority/keyfile"
+	"github.com/keysystem/keysystem/keyserver/acme"
 )
 
 // Files that Init writes, relative to its directory.
@@ -140,6 +141,9 @@ func Init(opts InitOptions) error {
 	}
 	conf := fmt.Sprintf(configTemplate, strconv.Quote(opts.Listen), strings.Join(quoted, ", "),
 		AuthoritiesDir, PolicyFile, StoreFile, AuditFile)
+	if err := acme.CreateKEK(opts.Dir, nil); err != nil {
+		return fmt.Errorf("keyserver: %w", err)
+	}
 	if err := keyfile.Write(filepath.Join(opts.Dir, ConfigFile), []byte(conf), 0o600); err != nil {
 		return fmt.Errorf("keyserver: %w", err)
 	}
@@ -182,6 +186,19 @@ max_in_flight: 64       # at once
 max_queue: 1024         # waiting (up to 5s) for a turn
 # Memory: the keyserver runs Go's collector at GOGC=400 with a 128MiB soft
 # limit (GOMEMLIMIT); set either in its environment to change them.
+
+# Public certificates over ACME: the policy's acme: section (docs/acme.md).
+# Their private keys are sealed in the store under the key in acme.kek:
+# copy that file to every keyserver sharing the store.
+acme:
+  # The plain-HTTP listener answering ACME http-01 challenges; front ends
+  # proxy /.well-known/acme-challenge/ to it. Needed for http-01 labels.
+  # http01_listen: "0.0.0.0:8080"
+  # Where the keyserver fetches its own answer before telling the CA
+  # (default: the listener); a front end's address checks the whole path.
+  # http01_probe: "www.example.org:80"
+  staging_time: 1h        # a new certificate is handed out this long after its NotBefore
+  max_orders_per_day: 10  # per label, one per key type; failures back off from 5m to 4h
 `
 
 // examplePolicy is the policy Init writes: short, and valid as written.

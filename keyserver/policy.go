@@ -66,6 +66,9 @@ func (s *Server) loadPolicy() (*policyState, error) {
 		}
 		st.static[name] = f
 	}
+	if err := s.checkACME(pol); err != nil {
+		return nil, err
+	}
 	st.pol = pol
 	return st, nil
 }

@@ -28,6 +28,7 @@ import (
 
 	"github.com/keysystem/keysystem/admission"
 	"github.com/keysystem/keysystem/authority"
+	"github.com/keysystem/keysystem/keyserver/acme"
 	"github.com/keysystem/keysystem/keyserver/store"
 )
 
@@ -66,6 +67,9 @@ type Config struct {
 
 	Profiling bool // serve Go profiles to administrators at PathProfile
 
+	// ACME, when set, obtains and serves the policy's public certificates.
+	ACME *ACMEConfig
+
 	PruneInterval time.Duration // default 10 minutes
 
 	Audit  io.Writer    // audit log; default discards
@@ -86,6 +90,7 @@ type Server struct {
 	cert   *tls.Certificate
 
 	limiter  *limiter
+	acme     *acme.Manager // nil without Config.ACME
 	policy   atomic.Pointer[policyState]
 	reloadMu sync.Mutex
 }
@@ -158,6 +163,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if _, err := s.serverCertificate(); err != nil {
 		return nil, err
+	}
+	if err := s.newACME(); err != nil {
+		return nil, fmt.Errorf("keyserver: %w", err)
 	}
 	st, err := s.loadPolicy()
 	if err == nil {
@@ -260,6 +268,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	var wg sync.WaitGroup
 	pruneCtx, stopPrune := context.WithCancel(ctx)
 	wg.Go(func() { s.pruneLoop(pruneCtx) })
+	if s.acme != nil {
+		wg.Go(func() { s.acme.Run(pruneCtx) })
+	}
 	defer func() { stopPrune(); wg.Wait() }()
 
 	errc := make(chan error, 1)

@@ -65,6 +65,9 @@ type ACMEAccount struct {
 	// DNS, when set, answers this account's dns-01 challenges through a
 	// lego DNS provider; nil means the keyserver's built-in DNS server.
 	DNS *DNSProvider
+	// Line is where the account is in the policy file, for problems the
+	// keyserver finds with it (a DNS provider it does not link).
+	Line int
 }
 
 // EAB is an external account binding (RFC 8555 §7.3.4).
@@ -96,6 +99,7 @@ type ACMECert struct {
 	Names      []string // the SNI list, in the policy's order
 	Challenge  string
 	KeyTypes   []string
+	Line       int // where the label is in the policy file
 	to         audience
 }
 
@@ -191,7 +195,7 @@ func (ps *parser) acmeAccount(name string, d *acmeAccountDecl, where []string, r
 		ps.errorf(where, "%s is empty: it needs at least a directory", owner)
 		return nil
 	}
-	a := &ACMEAccount{Name: name, Email: d.Email}
+	a := &ACMEAccount{Name: name, Email: d.Email, Line: ps.line(where...)}
 	if d.Directory == "" {
 		ps.errorf(where, "%s: directory is required (a URL, or letsencrypt or letsencrypt-staging)", owner)
 	} else {
@@ -333,7 +337,7 @@ func (ps *parser) acmeCert(p *Policy, label string, d *acmeCertDecl, where []str
 		ps.errorf(where, "%s is empty: it needs at least sni and to:", owner)
 		return nil
 	}
-	c := &ACMECert{Label: label, Account: d.Account, Challenge: d.Challenge}
+	c := &ACMECert{Label: label, Account: d.Account, Challenge: d.Challenge, Line: ps.line(where...)}
 	switch {
 	case d.Account == "" && len(accounts) == 1:
 		c.Account = accounts[0]

@@ -10,6 +10,8 @@
 //	keyctl [--config FILE] token list | token revoke ID
 //	keyctl [--config FILE] node list | node revoke NAME
 //	keyctl [--config FILE] installer --node NAME [--state-dir DIR]
+//	keyctl [--config FILE] acme status [LABEL] | acme renew LABEL [--wait D]
+//	keyctl acme kek --dir DIR
 //	keyctl [--config FILE] bench --scenario admit|renew|sign|storm [--nodes N] [--concurrency C] [--count N | --duration D] [--warmup D] [--grant G] [--pid PID] [--json]
 //
 // init and authority work on the files of a keyserver directory and need
@@ -68,6 +70,9 @@ func commands() []command {
 		{"node list", "[--json]", "list admitted nodes", cmdNodeList},
 		{"node revoke", "NAME", "revoke a node: its CGC stops working at once", cmdNodeRevoke},
 		{"installer", "--node NAME [--state-dir DIR] [--ttl D] [--ip ADDR ...] [--group G ...]", "print a keyclient config for a new node, with a fresh token", cmdInstaller},
+		{"acme status", "[LABEL] [--json]", "show the ACME certificates: versions, renewal, errors, and which nodes hold which version", cmdACMEStatus},
+		{"acme renew", "LABEL [--wait D]", "obtain a new version of an ACME certificate now (the daily cap still holds)", cmdACMERenew},
+		{"acme kek", "--dir DIR", "write the key-encryption key for ACME private keys into an older keyserver directory", cmdACMEKEK},
 		{"bench", "--scenario admit|renew|sign|storm [--nodes N] [--concurrency C] [--count N | --duration D] [--warmup D] [--grant G] [--pid PID] [--json]", "play a fleet of nodes against the keyserver and measure it (the nodes stay in its inventory)", cmdBench},
 	}
 }

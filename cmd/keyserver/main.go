@@ -25,6 +25,7 @@ import (
 
 	"github.com/keysystem/keysystem/admission"
 	"github.com/keysystem/keysystem/keyserver"
+	"github.com/keysystem/keysystem/keyserver/acme"
 	"github.com/keysystem/keysystem/keyserver/store"
 	"github.com/keysystem/keysystem/policy"
 )
@@ -105,6 +106,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usageError{err}
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: fc.Level()}))
+	acme.RouteLegoLog(logger.With("part", "acme"))
 	srv, closer, err := keyserver.Open(fc, logger)
 	var probs policy.Errors
 	if errors.As(err, &probs) {
@@ -123,12 +125,27 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	logger.Info("keyserver listening", "addr", l.Addr().String(), "names", fc.Names, "store", fc.Store.Path, "policy", fc.Policy)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	hupCtx, stopHUP := context.WithCancel(ctx)
-	defer stopHUP()
-	wg.Go(func() { reloadOnHUP(hupCtx, hup, srv) })
+	// Everything stops when one listener fails.
+	ctx, stopAll := context.WithCancel(ctx)
+	defer stopAll()
+	if a := fc.ACME; a != nil && a.HTTP01Listen != "" {
+		hl, err := net.Listen("tcp", a.HTTP01Listen)
+		if err != nil {
+			l.Close()
+			return fmt.Errorf("acme http-01 listener: %w", err)
+		}
+		logger.Info("acme http-01 listening", "addr", hl.Addr().String())
+		wg.Go(func() {
+			if err := srv.ServeHTTP01(ctx, hl); err != nil {
+				logger.Error("acme http-01 listener", "err", err)
+				stopAll()
+			}
+		})
+	}
+	logger.Info("keyserver listening", "addr", l.Addr().String(), "names", fc.Names, "store", fc.Store.Path, "policy", fc.Policy)
+	wg.Go(func() { reloadOnHUP(ctx, hup, srv) })
 	return srv.Serve(ctx, l)
 }
 

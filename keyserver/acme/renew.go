@@ -105,14 +105,14 @@ func covers(v *Version, lc *policy.ACMECert) bool {
 func (m *Manager) due(st *labelState, lc *policy.ACMECert) (by string, at time.Time) {
 	now := m.cfg.Now()
 	switch {
+	case st.Status.Forced:
+		return byForced, now
 	case st.Next != nil && covers(st.Next, lc):
 		return "", time.Time{}
 	case st.Current == nil && st.Next == nil:
 		return byFirstIssue, now
-	case !covers(st.Current, lc) && !covers(st.Next, lc):
+	case !covers(st.Current, lc):
 		return byPolicyChanged, now
-	case st.Status.Forced:
-		return byForced, now
 	}
 	if r := st.Status.Renewal; r != nil && r.Version == st.Current.Number {
 		return r.By, r.At

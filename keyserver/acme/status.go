@@ -29,18 +29,21 @@ type fetchRecord struct {
 }
 
 // RecordFetch notes that node fetched a version of a label, so that the
-// label's status shows the front ends still on an old certificate.
-func (m *Manager) RecordFetch(ctx context.Context, label, node string, version int, keyType string) error {
+// label's status shows the front ends still on an old certificate. It
+// reports whether that version (or key type) is new to the node.
+func (m *Manager) RecordFetch(ctx context.Context, label, node string, version int, keyType string) (changed bool, err error) {
 	key := fetchPrefix + label + "/" + node
 	now := m.cfg.Now()
-	return store.Update(ctx, m.cfg.Store, key, func(old []byte) ([]byte, error) {
+	err = store.Update(ctx, m.cfg.Store, key, func(old []byte) ([]byte, error) {
 		var rec fetchRecord
-		if old != nil && json.Unmarshal(old, &rec) == nil &&
-			rec.Version == version && rec.KeyType == keyType && now.Sub(rec.At) < fetchRefresh {
+		known := old != nil && json.Unmarshal(old, &rec) == nil && rec.Version == version && rec.KeyType == keyType
+		changed = !known
+		if known && now.Sub(rec.At) < fetchRefresh {
 			return nil, nil
 		}
 		return json.Marshal(fetchRecord{Version: version, KeyType: keyType, At: now})
 	})
+	return changed, err
 }
 
 // Status is a label's state: its versions, its renewal schedule, how its
