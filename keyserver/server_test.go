@@ -145,6 +145,9 @@ type options struct {
 
 	maxInFlight, maxQueue int // load shedding; 0: the defaults
 	profiling             bool
+
+	acme   *keyserver.ACMEConfig
+	http01 net.Listener // served with ServeHTTP01 while the server runs
 }
 
 // harness is a keyserver serving HTTPS on loopback, in process.
@@ -220,6 +223,7 @@ func start(t *testing.T, opts options) *harness {
 		MaxInFlight:   opts.maxInFlight,
 		MaxQueue:      opts.maxQueue,
 		Profiling:     opts.profiling,
+		ACME:          opts.acme,
 		Audit:         h.audit,
 		Logger:        slog.New(slog.DiscardHandler),
 		Now:           clock.Now,
@@ -242,6 +246,16 @@ func start(t *testing.T, opts options) *harness {
 		h.serveErr = srv.Serve(ctx, nl)
 		close(served)
 	}()
+	if opts.http01 != nil {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := srv.ServeHTTP01(ctx, opts.http01); err != nil {
+				t.Errorf("ServeHTTP01: %v", err)
+			}
+		}()
+		t.Cleanup(func() { cancel(); <-done })
+	}
 	t.Cleanup(func() {
 		if err := h.stop(); err != nil {
 			t.Errorf("Serve returned %v after cancel, want nil", err)

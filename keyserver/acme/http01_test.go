@@ -6,12 +6,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/keysystem/keysystem/keyserver/acme"
+	"github.com/keysystem/keysystem/keyserver/acme/dnstest"
 	"github.com/keysystem/keysystem/keyserver/store"
 )
 
@@ -120,4 +122,73 @@ func TestHTTP01PresentChecksTheAnswerIsServed(t *testing.T) {
 	if kvs, _ := st.List(t.Context(), ""); len(kvs) != 0 {
 		t.Errorf("a failed Present left %d records behind (lego cleans up only after success)", len(kvs))
 	}
+}
+
+// TestFrontEnds: the nginx and haproxy configurations docs/acme.md ships
+// pass the challenge path, Host and all, to the keyservers, and nothing
+// else; with a keyserver down they ask the next one, so no one keyserver
+// is a single point of failure. The keyserver's own check that its answer
+// is served, made through the front end, passes.
+func TestFrontEnds(t *testing.T) {
+	for name, startFront := range map[string]func(testing.TB, ...string) string{
+		"nginx": dnstest.StartNginx, "haproxy": dnstest.StartHAProxy,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			st := store.NewMemory()
+			down := net.JoinHostPort("127.0.0.1", strconv.Itoa(closedPort(t)))
+			front := startFront(t, down, serveHTTP01(t, st))
+			p := &acme.HTTP01Provider{Store: st, ProbeAddr: front}
+			if err := p.Present("www.example.org", token, token+".thumbprint"); err != nil {
+				t.Fatalf("Present through %s: %v", name, err)
+			}
+			for _, host := range []string{"www.example.org", "www.example.org:80"} {
+				status, body := frontGet(t, front, host, acme.ChallengePath+token)
+				if status != http.StatusOK || body != token+".thumbprint" {
+					t.Errorf("Host %s: %d %q", host, status, body)
+				}
+			}
+			for _, path := range []string{"/", "/.well-known/other", acme.ChallengePath + "short"} {
+				if status, _ := frontGet(t, front, "www.example.org", path); status != http.StatusNotFound {
+					t.Errorf("%s: %d, want 404", path, status)
+				}
+			}
+			if status, _ := frontGet(t, front, "other.example.org", acme.ChallengePath+token); status != http.StatusNotFound {
+				t.Errorf("another name's probe: %d, want 404", status)
+			}
+			if err := p.CleanUp("www.example.org", token, token+".thumbprint"); err != nil {
+				t.Fatal(err)
+			}
+			if status, _ := frontGet(t, front, "www.example.org", acme.ChallengePath+token); status != http.StatusNotFound {
+				t.Errorf("after CleanUp: %d, want 404", status)
+			}
+		})
+	}
+}
+
+// closedPort is a loopback port nothing listens on: a keyserver down.
+func closedPort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	return port
+}
+
+func frontGet(t *testing.T, front, host, path string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+front+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = host
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
 }

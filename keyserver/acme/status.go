@@ -15,7 +15,7 @@ import (
 	"github.com/keysystem/keysystem/keyserver/store"
 )
 
-const fetchPrefix = "acme/fetched/" // + label + "/" + node
+const fetchPrefix = "acme/fetched/" // + label + "/" + node + "/" + key type
 
 // fetchRefresh: a node fetching the version it fetched before is written
 // down again only this long after, so that front ends polling often do
@@ -30,13 +30,13 @@ type fetchRecord struct {
 
 // RecordFetch notes that node fetched a version of a label, so that the
 // label's status shows the front ends still on an old certificate. It
-// reports whether that version (or key type) is new to the node.
+// reports whether that version of that key type is new to the node.
 func (m *Manager) RecordFetch(ctx context.Context, label, node string, version int, keyType string) (changed bool, err error) {
-	key := fetchPrefix + label + "/" + node
+	key := fetchPrefix + label + "/" + node + "/" + keyType
 	now := m.cfg.Now()
 	err = store.Update(ctx, m.cfg.Store, key, func(old []byte) ([]byte, error) {
 		var rec fetchRecord
-		known := old != nil && json.Unmarshal(old, &rec) == nil && rec.Version == version && rec.KeyType == keyType
+		known := old != nil && json.Unmarshal(old, &rec) == nil && rec.Version == version
 		changed = !known
 		if known && now.Sub(rec.At) < fetchRefresh {
 			return nil, nil
@@ -101,7 +101,8 @@ func (m *Manager) Status(ctx context.Context, label string) (*api.ACMEStatus, er
 		if json.Unmarshal(kv.Value, &rec) != nil {
 			continue
 		}
-		f := api.ACMEFetch{Node: strings.TrimPrefix(kv.Key, fetchPrefix+label+"/"), Version: rec.Version, KeyType: rec.KeyType, At: rec.At}
+		node, _, _ := strings.Cut(strings.TrimPrefix(kv.Key, fetchPrefix+label+"/"), "/")
+		f := api.ACMEFetch{Node: node, Version: rec.Version, KeyType: rec.KeyType, At: rec.At}
 		f.Stale = st.Current != nil && rec.Version < st.Current.Number
 		s.Nodes = append(s.Nodes, f)
 	}
