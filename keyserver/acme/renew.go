@@ -178,8 +178,11 @@ func (m *Manager) Run(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			// Failures are logged and kept in the label's status.
-			_, _ = m.Check(ctx, label)
+			// An order's failure is logged where it happens and kept in
+			// the label's status; anything else is logged here.
+			if ordered, err := m.Check(ctx, label); err != nil && !ordered && !errors.Is(err, ErrOrderCap) && ctx.Err() == nil {
+				m.cfg.Log.Error("acme check", "label", label, "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():
