@@ -102,8 +102,9 @@ func covers(v *Version, lc *policy.ACMECert) bool {
 
 // due says why and from when the label needs a new version; "" when it
 // does not (a next version is waiting to be served).
-func (m *Manager) due(st *labelState, lc *policy.ACMECert) (by string, at time.Time) {
-	now := m.cfg.Now()
+// now is the caller's: a time read again here would be later than the
+// one it compares at with.
+func (m *Manager) due(st *labelState, lc *policy.ACMECert, now time.Time) (by string, at time.Time) {
 	switch {
 	case st.Status.Forced:
 		return byForced, now
@@ -210,14 +211,14 @@ func (m *Manager) Check(ctx context.Context, label string) (ordered bool, err er
 	if err != nil {
 		return false, err
 	}
-	by, at := m.due(&st, lc)
+	now := m.cfg.Now()
+	by, at := m.due(&st, lc, now)
 	if by == byLifetime || by == byARI {
 		if st, err = m.checkARI(ctx, lc, st); err != nil {
 			return false, err
 		}
-		by, at = m.due(&st, lc)
+		by, at = m.due(&st, lc, now)
 	}
-	now := m.cfg.Now()
 	if by == "" || now.Before(at) || now.Before(st.Status.NotBefore) {
 		return false, nil
 	}
@@ -293,7 +294,7 @@ func (m *Manager) renew(ctx context.Context, lc *policy.ACMECert, by string) (bo
 	var skip, capped bool
 	st, err := m.updateState(ctx, lc.Label, func(st *labelState) (bool, error) {
 		skip, capped = false, false
-		if by2, at := m.due(st, lc); by2 == "" || now.Before(at) || now.Before(st.Status.NotBefore) {
+		if by2, at := m.due(st, lc, now); by2 == "" || now.Before(at) || now.Before(st.Status.NotBefore) {
 			skip = true // done or deferred meanwhile, maybe by another keyserver
 			return false, nil
 		}

@@ -87,7 +87,7 @@ func (m *Manager) Status(ctx context.Context, label string) (*api.ACMEStatus, er
 	if l := st.Status.Lease; l != nil && now.Before(l.Until) {
 		s.Ordering = l.Holder
 	}
-	s.RenewBy, s.RenewAt = m.due(&st, lc)
+	s.RenewBy, s.RenewAt = m.due(&st, lc, now)
 	if r := st.Status.Renewal; r != nil && st.Current != nil && r.Version == st.Current.Number {
 		s.ARICheckedAt = r.ARICheckedAt
 	}
