@@ -217,6 +217,16 @@ func TestACMECertificates(t *testing.T) {
 		t.Errorf("%d %s events, want 2 (one per key type; fetching again is not new)", keys, keyserver.EventACMEKey)
 	}
 
+	resp, body = h.call(t, h.admin, http.MethodGet, keyserver.PathMetrics, nil)
+	for _, line := range []string{`keysystem_acme_version{label="web"} 1`, `keysystem_acme_placeholder{label="web"} 0`,
+		`keysystem_acme_orders_24h{label="web"} 2`, `keysystem_acme_failures{label="web"} 0`, `# TYPE keysystem_acme_not_after_seconds gauge`} {
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), line+"\n") {
+			t.Errorf("metrics (%s) lack %q:\n%s", resp.Status, line, body)
+		}
+	}
+	resp, body = h.call(t, web, http.MethodGet, keyserver.PathMetrics, nil)
+	wantError(t, resp, body, http.StatusForbidden, api.CodeCertInvalid)
+
 	resp, body = h.call(t, h.admin, http.MethodPost, api.PathACME+"/web"+api.PathACMERenew, nil)
 	if s := want[api.ACMEStatus](t, resp, body, http.StatusAccepted); !s.Forced {
 		t.Errorf("renew: %+v, want forced", s)

@@ -274,3 +274,68 @@ func (s *Server) handleACMERenew(w http.ResponseWriter, r *http.Request, admin s
 	}
 	writeJSON(w, http.StatusAccepted, st)
 }
+
+// PathMetrics serves Prometheus metrics (text format 0.0.4) to
+// administrators; a scraper presents an admin certificate.
+const PathMetrics = "/metrics"
+
+// handleMetrics writes the ACME labels' state as Prometheus gauges, so an
+// alert can fire on a label that fails to renew long before it expires.
+func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request, admin string) {
+	var labels []api.ACMEStatus
+	if s.acme != nil {
+		var err error
+		if labels, err = s.acme.StatusAll(r.Context()); err != nil {
+			s.refuse(w, r, AuditEvent{Event: EventAdminDeny, Actor: "admin:" + admin}, err)
+			return
+		}
+	}
+	var b strings.Builder
+	gauge := func(name, help string, value func(*api.ACMEStatus) float64) {
+		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name)
+		for i := range labels {
+			fmt.Fprintf(&b, "%s{label=%q} %s\n", name, labels[i].Label, strconv.FormatFloat(value(&labels[i]), 'g', -1, 64))
+		}
+	}
+	unix := func(t time.Time) float64 {
+		if t.IsZero() {
+			return 0
+		}
+		return float64(t.Unix())
+	}
+	b01 := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	gauge("keysystem_acme_version", "The version of the label's certificates served; 0 before the first (the placeholder).", func(s *api.ACMEStatus) float64 {
+		if s.Current == nil {
+			return 0
+		}
+		return float64(s.Current.Number)
+	})
+	gauge("keysystem_acme_not_after_seconds", "When the served certificate expires, Unix time; 0 before the first.", func(s *api.ACMEStatus) float64 {
+		if s.Current == nil {
+			return 0
+		}
+		return unix(s.Current.NotAfter)
+	})
+	gauge("keysystem_acme_renew_at_seconds", "When the label is due for renewal, Unix time.", func(s *api.ACMEStatus) float64 { return unix(s.RenewAt) })
+	gauge("keysystem_acme_next_attempt_seconds", "No order before this Unix time (backing off, or capped); 0 when free to order.", func(s *api.ACMEStatus) float64 { return unix(s.NextAttempt) })
+	gauge("keysystem_acme_failures", "Failed orders in a row.", func(s *api.ACMEStatus) float64 { return float64(s.Failures) })
+	gauge("keysystem_acme_orders_24h", "Orders in the last 24 hours, one per key type.", func(s *api.ACMEStatus) float64 { return float64(s.OrdersToday) })
+	gauge("keysystem_acme_placeholder", "1 while a key type is served as the self-signed placeholder.", func(s *api.ACMEStatus) float64 { return b01(s.Placeholder) })
+	gauge("keysystem_acme_nodes_stale", "Nodes whose last fetched version is older than the one served.", func(s *api.ACMEStatus) float64 {
+		n := 0
+		for _, f := range s.Nodes {
+			if f.Stale {
+				n++
+			}
+		}
+		return float64(n)
+	})
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write([]byte(b.String()))
+}

@@ -44,6 +44,7 @@ func (s *Server) routes() {
 	m.HandleFunc("GET "+api.PathACME, s.admin(s.handleACMEStatusAll))
 	m.HandleFunc("GET "+api.PathACME+"/{label}", s.admin(s.handleACMEStatus))
 	m.HandleFunc("POST "+api.PathACME+"/{label}"+api.PathACMERenew, s.admin(s.handleACMERenew))
+	m.HandleFunc("GET "+PathMetrics, s.admin(s.handleMetrics))
 	if s.cfg.Profiling {
 		m.HandleFunc("GET "+PathProfile+"{name}", s.admin(s.handleProfile))
 	}
