@@ -192,3 +192,49 @@ func frontGet(t *testing.T, front, host, path string) (int, string) {
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(body)
 }
+
+// TestHTTP01BadRequests: a request cut off mid-way, one with headers over
+// the limit and one with an oversized body get no answer from the store
+// and leave the listener serving.
+func TestHTTP01BadRequests(t *testing.T) {
+	st := &getCounter{Store: store.NewMemory()}
+	addr := serveHTTP01(t, st)
+	p := &acme.HTTP01Provider{Store: st, ProbeAddr: addr}
+	if err := p.Present("www.example.org", token, token+".thumbprint"); err != nil {
+		t.Fatal(err)
+	}
+	raw := func(req string, closeWrite bool) string {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := io.WriteString(c, req); err != nil {
+			return "" // the server hung up on an oversized request
+		}
+		if closeWrite {
+			c.(*net.TCPConn).CloseWrite()
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		out, _ := io.ReadAll(c)
+		first, _, _ := strings.Cut(string(out), "\r\n")
+		return first
+	}
+	before := st.count()
+	if got := raw("GET "+acme.ChallengePath+token+" HTTP/1.1\r\nHost: www.exa", true); got != "" && !strings.Contains(got, " 400 ") {
+		t.Errorf("truncated request: %q, want no answer or 400", got)
+	}
+	if got := raw("GET "+acme.ChallengePath+token+" HTTP/1.1\r\nHost: www.example.org\r\nX-Pad: "+strings.Repeat("a", 64<<10)+"\r\n\r\n", false); got != "" && !strings.Contains(got, " 431 ") {
+		t.Errorf("oversized headers: %q, want 431", got)
+	}
+	if st.count() != before {
+		t.Errorf("bad requests read the store %d times", st.count()-before)
+	}
+	if got := raw("GET "+acme.ChallengePath+token+" HTTP/1.1\r\nHost: www.example.org\r\nContent-Length: 1000000\r\nConnection: close\r\n\r\n"+strings.Repeat("b", 4096), true); !strings.Contains(got, " 200 ") {
+		t.Errorf("GET with a large body: %q; the answer does not depend on the body", got)
+	}
+	if got := raw("GET "+acme.ChallengePath+token+" HTTP/1.1\r\nHost: www.example.org\r\nConnection: close\r\n\r\n", true); !strings.Contains(got, " 200 ") {
+		t.Errorf("after the bad requests: %q, want 200", got)
+	}
+}

@@ -1,6 +1,7 @@
 package acme_test
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"net/http"
@@ -13,6 +14,8 @@ import (
 	"go.step.sm/crypto/pemutil"
 
 	"github.com/keysystem/keysystem/keyserver/acme"
+	"github.com/keysystem/keysystem/keyserver/store"
+	"github.com/keysystem/keysystem/policy"
 )
 
 const oneKeyType = "    web:\n      sni: [www.example.test]\n      key_types: [ecdsa-p256]\n      to: {all: true}\n"
@@ -198,5 +201,45 @@ func TestStagingFirst(t *testing.T) {
 	}
 	if s, _ := e.mgr.Status(t.Context(), "web"); s.Forced || s.OrdersToday != 2 {
 		t.Errorf("status: forced %v, %d orders today; want the renewal done, staging orders not counted", s.Forced, s.OrdersToday)
+	}
+}
+
+// TestUnreachableDirectory: a CA that does not answer is an order that
+// failed: a clear error in the label's status, the back-off, no account
+// kept, and the placeholder still served.
+func TestUnreachableDirectory(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := "https://" + l.Addr().String() + "/dir"
+	l.Close()
+	pol, err := policy.Parse("policy.yaml", []byte("groups: {}\nacme:\n  accounts:\n    ca: {directory: \""+dir+"\"}\n  certificates:\n    web:\n      sni: [www.example.test]\n      to: {all: true}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := store.NewMemory()
+	sealer, _ := acme.NewSealer(bytes.Repeat([]byte{1}, 32), nil)
+	c := &clock{now: time.Now()}
+	m, err := acme.NewManager(acme.Config{Store: st, Sealer: sealer, Policy: func() *policy.Policy { return pol },
+		HTTP01: &acme.HTTP01Provider{Store: st}, Now: c.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ordered, err := m.Check(t.Context(), "web"); !ordered || err == nil || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("Check = %v, %v; want a failed order naming the directory", ordered, err)
+	}
+	s, err := m.Status(t.Context(), "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Failures != 1 || !s.NextAttempt.Equal(c.Now().Add(acme.DefaultRetryMin)) || !strings.Contains(s.LastError, "connection refused") {
+		t.Errorf("status: %d failures, next attempt %v, error %q", s.Failures, s.NextAttempt.Sub(c.Now()), s.LastError)
+	}
+	if _, err := st.Get(t.Context(), "acme/accounts/ca"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("an account was kept for a CA that never answered: %v", err)
+	}
+	if served, err := m.Get(t.Context(), "web", "ecdsa-p256"); err != nil || !served.Placeholder {
+		t.Errorf("Get = %v, %v; want the placeholder", served, err)
 	}
 }
