@@ -35,19 +35,21 @@ type Config struct {
 }
 
 // Item is one thing the node keeps fresh besides its CGC: a certificate
-// for a policy grant (type x509) or a static file (type static). Fields
-// that do not belong to the item's type are refused.
+// for a policy grant (type x509), a static file (type static), or a
+// public certificate the keyserver obtains over ACME, with its key (type
+// acme). Fields that do not belong to the item's type are refused.
 type Item struct {
-	Type string `yaml:"type"` // x509 or static
+	Type string `yaml:"type"` // x509, static or acme
 
-	// x509: the grant, where its key and certificates go, and what to ask for.
+	// x509: the grant, where its key and certificates go, and what to ask
+	// for. acme: the paths key, cert, chain and fullchain, and key_type.
 	Grant     string   `yaml:"grant,omitempty"`
 	Key       string   `yaml:"key,omitempty"`       // required
-	Cert      string   `yaml:"cert,omitempty"`      // required, the leaf alone
+	Cert      string   `yaml:"cert,omitempty"`      // x509: required; the leaf alone
 	Chain     string   `yaml:"chain,omitempty"`     // issuer chain, no root
 	FullChain string   `yaml:"fullchain,omitempty"` // leaf + chain
 	CA        string   `yaml:"ca,omitempty"`        // the authority's root
-	KeyType   string   `yaml:"key_type,omitempty"`  // default ecdsa-p256
+	KeyType   string   `yaml:"key_type,omitempty"`  // x509: default ecdsa-p256; acme: ecdsa or rsa, default the label's first
 	DNS       []string `yaml:"dns,omitempty"`       // extra names to ask for, within the grant's allow
 	IPs       []string `yaml:"ips,omitempty"`
 	URIs      []string `yaml:"uris,omitempty"`
@@ -56,13 +58,16 @@ type Item struct {
 	Name string `yaml:"name,omitempty"`
 	Path string `yaml:"path,omitempty"`
 
-	// Both types.
+	// acme: the policy's ACME certificate label.
+	Label string `yaml:"label,omitempty"`
+
+	// Every type.
 	Owner         string `yaml:"owner,omitempty"`          // user name or uid; default: keyclient's own
 	Group         string `yaml:"group,omitempty"`          // group name or gid
-	Mode          string `yaml:"mode,omitempty"`           // octal; x509: the key's (default 0600), static: the file's (default 0644)
+	Mode          string `yaml:"mode,omitempty"`           // octal; x509 and acme: the key's (default 0600), static: the file's (default 0644)
 	Reload        string `yaml:"reload,omitempty"`         // run by /bin/sh -c after the item's files changed
 	ReloadTimeout string `yaml:"reload_timeout,omitempty"` // default 30s
-	Refresh       string `yaml:"refresh,omitempty"`        // how often the keyserver is asked; default 1h
+	Refresh       string `yaml:"refresh,omitempty"`        // how often the keyserver is asked; default 1h (acme: 15m)
 }
 
 // ConfigError is a configuration that cannot work; the command line maps it

@@ -352,43 +352,53 @@ func (a attrCheck) String() string { return strings.Join(a.wrong, "; ") }
 func checkAttrs(s *itemSpec) attrCheck {
 	var a attrCheck
 	own := s.fileOwner()
-	type file struct {
-		what, path string
-		mode       os.FileMode
-	}
-	var files []file
-	if s.typ == TypeStatic {
-		files = []file{{"file", s.path, s.mode}}
-	} else {
-		files = []file{{"key", s.key, s.mode}, {"cert", s.cert, certMode}, {"chain", s.chain, certMode},
-			{"fullchain", s.fullchain, certMode}, {"ca", s.ca, certMode}}
-	}
-	for _, f := range files {
+	for _, f := range s.attrFiles() {
 		if f.path == "" {
 			continue
 		}
-		fi, err := os.Lstat(f.path)
-		if err != nil {
-			continue
-		}
-		isKey := s.typ == TypeX509 && f.path == s.key
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !fi.Mode().IsRegular() || !ok {
-			a.wrong = append(a.wrong, fmt.Sprintf("%s %s is not a regular file", f.what, f.path))
-			a.exposed = a.exposed || isKey
-			continue
-		}
-		mode := fi.Mode() & (os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky)
-		uid, gid := int(st.Uid), int(st.Gid)
-		if mode != f.mode {
-			a.wrong = append(a.wrong, fmt.Sprintf("%s %s has mode %04o, the config says %04o", f.what, f.path, mode.Perm(), f.mode))
-		}
-		if uid != own.UID || gid != own.GID {
-			a.wrong = append(a.wrong, fmt.Sprintf("%s %s belongs to %d:%d, the config says %d:%d", f.what, f.path, uid, gid, own.UID, own.GID))
-		}
-		if isKey && (mode&0o077&^f.mode != 0 || uid != own.UID || gid != own.GID && mode&0o070 != 0) {
-			a.exposed = true
-		}
+		wrong, exposed := fileAttrs(f, own)
+		a.wrong = append(a.wrong, wrong...)
+		a.exposed = a.exposed || exposed
 	}
 	return a
+}
+
+// attrFile is one of an item's files, with the mode it should have.
+type attrFile struct {
+	what, path string
+	mode       os.FileMode
+	key        bool // a private key
+}
+
+// attrFiles are the item's files, configured or not ("" path).
+func (s *itemSpec) attrFiles() []attrFile {
+	if s.typ == TypeStatic {
+		return []attrFile{{"file", s.path, s.mode, false}}
+	}
+	return []attrFile{{"key", s.key, s.mode, true}, {"cert", s.cert, certMode, false}, {"chain", s.chain, certMode, false},
+		{"fullchain", s.fullchain, certMode, false}, {"ca", s.ca, certMode, false}}
+}
+
+// fileAttrs says how one file's mode and owner differ from f's and own,
+// and whether that exposes a key (see attrCheck). A file that cannot be
+// found is no difference.
+func fileAttrs(f attrFile, own keyfile.Owner) (wrong []string, exposed bool) {
+	fi, err := os.Lstat(f.path)
+	if err != nil {
+		return nil, false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.Mode().IsRegular() || !ok {
+		return []string{fmt.Sprintf("%s %s is not a regular file", f.what, f.path)}, f.key
+	}
+	mode := fi.Mode() & (os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky)
+	uid, gid := int(st.Uid), int(st.Gid)
+	if mode != f.mode {
+		wrong = append(wrong, fmt.Sprintf("%s %s has mode %04o, the config says %04o", f.what, f.path, mode.Perm(), f.mode))
+	}
+	if uid != own.UID || gid != own.GID {
+		wrong = append(wrong, fmt.Sprintf("%s %s belongs to %d:%d, the config says %d:%d", f.what, f.path, uid, gid, own.UID, own.GID))
+	}
+	exposed = f.key && (mode&0o077&^f.mode != 0 || uid != own.UID || gid != own.GID && mode&0o070 != 0)
+	return wrong, exposed
 }

@@ -3,7 +3,9 @@ package keyclient
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"io"
 	"log/slog"
@@ -40,6 +42,24 @@ type fakeKeyserver struct {
 	calls    map[string]int    // "grant NAME", "sign NAME", "static NAME"
 	lastCSR  *x509.CertificateRequest
 	lifetime time.Duration
+	acme     map[string]*fakeLabel // by label + "/" + family ("" the label's first key type)
+}
+
+// fakeLabel is what the fake keyserver serves for an ACME label in one
+// key type: the version, its full chain and key, with the ETag the
+// keyserver gives them (of the full chain).
+type fakeLabel struct {
+	version   int
+	fullchain []byte
+	key       []byte
+	// afterFullchain, when set, runs after the full chain was served
+	// and before the key is: a new version landing between the two.
+	afterFullchain func(*fakeLabel)
+}
+
+func (l *fakeLabel) etag() string {
+	sum := sha256.Sum256(l.fullchain)
+	return `"` + hex.EncodeToString(sum[:12]) + `"`
 }
 
 func newFakeKeyserver(t *testing.T, now func() time.Time) *fakeKeyserver {
@@ -53,6 +73,7 @@ func newFakeKeyserver(t *testing.T, now func() time.Time) *fakeKeyserver {
 		fail:     map[string]error{},
 		calls:    map[string]int{},
 		lifetime: 30 * 24 * time.Hour,
+		acme:     map[string]*fakeLabel{},
 	}
 }
 
@@ -171,6 +192,49 @@ func (f *fakeKeyserver) static(_ context.Context, name string) ([]byte, string, 
 		d = o
 	}
 	return bytes.Clone(body), d, nil
+}
+
+// acmeFile answers as the keyserver's /certs/ paths do: 403 for a label
+// it does not serve this node, 304 for the ETag served, else the file
+// with its ETag and version. Calls are counted as "acme LABEL FILE", and
+// the 304 answers as "acme304 LABEL".
+func (f *fakeKeyserver) acmeFile(_ context.Context, label, family, file, inm string) (*acmeAnswer, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.denied("acme", label+" "+file); err != nil {
+		return nil, err
+	}
+	if err := f.fail[label]; err != nil {
+		return nil, err
+	}
+	l, ok := f.acme[label+"/"+family]
+	if !ok {
+		return nil, &api.Error{Status: http.StatusForbidden, Code: api.CodeGrantDenied, Message: "acme certificate " + label + " is not for node web1"}
+	}
+	a := &acmeAnswer{ETag: l.etag(), Version: l.version}
+	switch {
+	case inm == a.ETag:
+		f.calls["acme304 "+label]++
+		a.NotModified = true
+	case file == acmeFullchainFile:
+		a.Body = bytes.Clone(l.fullchain)
+		if hook := l.afterFullchain; hook != nil {
+			hook(l)
+		}
+	default:
+		a.Body = bytes.Clone(l.key)
+	}
+	return a, nil
+}
+
+// setACME makes the fake serve version v (its full chain and key) for
+// label in family.
+func (f *fakeKeyserver) setACME(label, family string, v int, fullchain, key []byte) *fakeLabel {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l := &fakeLabel{version: v, fullchain: fullchain, key: key}
+	f.acme[label+"/"+family] = l
+	return l
 }
 
 func (f *fakeKeyserver) setStatic(name string, body []byte) {

@@ -17,13 +17,20 @@ import (
 // found on disk, with what the status file adds (failures, errors).
 type StatusLine struct {
 	Item          string    `json:"item"`
-	Type          string    `json:"type"` // cgc, x509 or static
+	Type          string    `json:"type"` // cgc, x509, static or acme
 	State         string    `json:"state"`
 	Expires       time.Time `json:"expires,omitzero"`
-	NextRenewal   time.Time `json:"next_renewal,omitzero"` // static: the next refresh
+	NextRenewal   time.Time `json:"next_renewal,omitzero"` // static, acme: the next refresh
 	LastError     string    `json:"last_error,omitempty"`  // what is wrong on disk, else the client's last error
 	Failures      int       `json:"failures"`
 	ReloadPending bool      `json:"reload_pending,omitempty"`
+
+	// acme: the policy's label, and the version on disk as the status
+	// file knows it (0 with Placeholder: the keyserver's self-signed
+	// placeholder, served until the CA's certificate is there).
+	Label       string `json:"label,omitempty"`
+	Version     int    `json:"version,omitempty"`
+	Placeholder bool   `json:"placeholder,omitempty"`
 }
 
 // Healthy says the line needs no attention: nothing expired, missing,
@@ -64,9 +71,12 @@ func Inspect(cfg *Config, now time.Time) (lines []StatusLine, warnings []string,
 	for _, spec := range set.items {
 		rec := st.find(spec.typ, spec.id)
 		var l StatusLine
-		if spec.typ == TypeStatic {
+		switch spec.typ {
+		case TypeStatic:
 			l = inspectStatic(spec, rec)
-		} else {
+		case TypeACME:
+			l = inspectACME(spec, rec)
+		default:
 			l = inspectX509(spec, rec)
 		}
 		settleLine(&l, rec, now)
@@ -156,6 +166,44 @@ func isMissing(s *itemSpec) bool {
 		}
 	}
 	return false
+}
+
+// inspectACME reports an acme item's files: whether they agree with
+// each other and the config, and whether they hold the version the status
+// file says was last fetched (by the certificate's serial).
+func inspectACME(s *itemSpec, rec *ItemStatus) StatusLine {
+	l := StatusLine{Item: s.id, Type: s.typ, Label: s.name}
+	if rec != nil {
+		l.NextRenewal = rec.NextRefresh
+	}
+	leaf, err := readACMEFiles(s)
+	var fp *FileProblem
+	switch {
+	case errors.As(err, &fp) && fp.Missing:
+		l.State, l.LastError = StateMissing, "no files yet"
+	case err != nil && isMissing(s):
+		l.State, l.LastError = StateMissing, err.Error()
+	case err != nil:
+		l.State, l.LastError = StateInvalid, err.Error()+" (rewritten at the next check)"
+	default:
+		l.Expires = leaf.NotAfter
+		if rec != nil && rec.Serial != "" && rec.Serial != authority.SerialText(leaf) {
+			l.State = StateInvalid
+			l.LastError = fmt.Sprintf("the certificate on disk (serial %s) is not version %d, which the client holds (rewritten at the next check)",
+				authority.SerialText(leaf), rec.Version)
+			break
+		}
+		if rec != nil {
+			l.Version, l.Placeholder = rec.Version, rec.Placeholder
+		}
+		if a := checkAttrs(s); len(a.wrong) > 0 {
+			l.State, l.LastError = StateInvalid, a.String()+" (rewritten at the next check)"
+			if a.exposed {
+				l.LastError += "; the key may have been read by others, and every node of the label shares it: `keyctl acme renew " + s.name + "` replaces it"
+			}
+		}
+	}
+	return l
 }
 
 func inspectStatic(s *itemSpec, rec *ItemStatus) StatusLine {

@@ -35,18 +35,26 @@ type item struct {
 	digest  string
 	copied  string
 
+	// acme: the version held (nil: none yet), as kept in the state
+	// directory; serial and notAfter are its certificate's.
+	acme *acmeHeld
+
 	reload reloadState
 }
 
 // ItemResult is what one pass did for one item.
 type ItemResult struct {
-	Name      string    // the item's id: the grant or the static file's name, with "#2"... for further items of one grant
-	Type      string    // TypeX509 or TypeStatic
+	Name      string    // the item's id: the grant, the static file's name or the acme label, with "#2"... for further items of one grant or label
+	Type      string    // TypeX509, TypeStatic or TypeACME
 	Action    Action    // none, issued, renewed, updated, recreated or failed
-	NotAfter  time.Time // x509: the certificate's expiry
-	RenewAt   time.Time // x509: when it is due; static: the next refresh
+	NotAfter  time.Time // x509, acme: the certificate's expiry
+	RenewAt   time.Time // x509: when it is due; static, acme: the next refresh
 	Err       error     // why the pass failed
 	ReloadErr error     // the reload command failed; the files are in place and the reload stays owed
+
+	// acme: the version held (0 is the keyserver's placeholder), if any.
+	Version     int
+	Placeholder bool
 }
 
 func (c *Client) initItems() {
@@ -64,13 +72,21 @@ func (c *Client) initItems() {
 			binary.LittleEndian.PutUint64(seed[i:], c.rnd.Uint64())
 		}
 		it := &item{spec: spec, rnd: mrand.New(mrand.NewChaCha8(seed))}
+		var rec *ItemStatus
 		if prev != nil {
-			if st := prev.find(spec.typ, spec.id); st != nil {
-				it.restore(st, now)
+			if rec = prev.find(spec.typ, spec.id); rec != nil {
+				it.restore(rec, now)
 			}
 		}
-		if spec.typ == TypeStatic {
+		switch spec.typ {
+		case TypeStatic:
 			c.loadStaticCopy(it)
+		case TypeACME:
+			c.loadACMECopy(it, rec)
+			// Holding the placeholder, it asks more often than refresh.
+			if d := it.acmeRefresh(); it.nextRefresh.After(now.Add(d + d/10)) {
+				it.nextRefresh = now.Add(d + d/10)
+			}
 		}
 		c.items = append(c.items, it)
 		c.status.items = append(c.status.items, it.status(now))
@@ -82,9 +98,11 @@ func (c *Client) initItems() {
 // client skip asking the keyserver again at once (a restart of a whole
 // fleet must not become a storm of requests).
 func (it *item) restore(st *ItemStatus, now time.Time) {
-	it.serial, it.rootPin, it.renewAt, it.notAfter = st.Serial, st.RootPin, st.RenewAt, st.NotAfter
-	it.digest = st.Digest
-	it.held = st.Serial != "" || st.Digest != ""
+	if it.spec.typ != TypeACME { // an acme item holds what its copy in the state directory holds
+		it.serial, it.rootPin, it.renewAt, it.notAfter = st.Serial, st.RootPin, st.RenewAt, st.NotAfter
+		it.digest = st.Digest
+		it.held = st.Serial != "" || st.Digest != ""
+	}
 	// A refresh interval shortened in the config since takes effect now.
 	it.nextRefresh = st.NextRefresh
 	if limit := now.Add(it.spec.refresh + it.spec.refresh/10); it.nextRefresh.After(limit) {
@@ -170,16 +188,25 @@ func (c *Client) itemPass(ctx context.Context, it *item, force, ignoreBackoff bo
 	c.recordItem(it, now)
 	res.NotAfter = it.notAfter
 	res.RenewAt = it.renewAt
-	if it.spec.typ == TypeStatic {
+	switch it.spec.typ {
+	case TypeStatic:
 		res.RenewAt = it.nextRefresh
+	case TypeACME:
+		res.RenewAt = it.nextRefresh
+		if it.acme != nil {
+			res.Version, res.Placeholder = it.acme.version, it.acme.placeholder()
+		}
 	}
 	return res
 }
 
 // keep does the item's work for one pass.
 func (c *Client) keep(ctx context.Context, it *item, now time.Time, force bool) (Action, error) {
-	if it.spec.typ == TypeStatic {
+	switch it.spec.typ {
+	case TypeStatic:
 		return c.keepStatic(ctx, it, now, force)
+	case TypeACME:
+		return c.keepACME(ctx, it, now, force)
 	}
 	return c.keepX509(ctx, it, now, force)
 }
@@ -220,8 +247,13 @@ func (c *Client) settle(it *item, now time.Time, act Action, err error) {
 }
 
 func (c *Client) logChange(it *item, act Action) {
-	if it.spec.typ == TypeStatic {
+	switch it.spec.typ {
+	case TypeStatic:
 		c.log.Info("static file "+string(act), "item", it.spec.id, "path", it.spec.path, "digest", it.digest)
+		return
+	case TypeACME:
+		c.log.Info("acme certificate "+string(act), "item", it.spec.id, "label", it.spec.name, "version", it.acme.version,
+			"placeholder", it.acme.placeholder(), "serial", it.serial, "not_after", it.notAfter)
 		return
 	}
 	c.log.Info("certificate "+string(act), "item", it.spec.id, "cert", it.spec.cert, "serial", it.serial,
@@ -237,12 +269,14 @@ func (it *item) jittered(d time.Duration) time.Duration {
 // state sums the item up for the status file.
 func (it *item) state(now time.Time) string {
 	switch {
-	case it.spec.typ == TypeX509 && it.held && !it.notAfter.IsZero() && !now.Before(it.notAfter):
+	case it.spec.typ != TypeStatic && it.held && !it.notAfter.IsZero() && !now.Before(it.notAfter):
 		return StateExpired
 	case it.failures > 0 || it.reload.failures > 0:
 		return StateFailing
 	case !it.held || it.waitingCGC:
 		return StatePending
+	case it.acme != nil && it.acme.placeholder():
+		return StatePending // the CA's certificate is not there yet
 	}
 	return StateOK
 }

@@ -22,6 +22,7 @@ import (
 const (
 	TypeX509   = "x509"
 	TypeStatic = "static"
+	TypeACME   = "acme"
 )
 
 // Defaults of the item settings.
@@ -32,6 +33,16 @@ const (
 	defaultKeyMode       = 0o600
 	defaultStaticMode    = 0o644
 	certMode             = 0o644 // certificates, chains and roots are public
+
+	// defaultACMERefresh is how often an acme item asks the keyserver
+	// whether its label has a new version (a conditional request: a 304
+	// when nothing changed). The keyserver renews ACME certificates
+	// weeks ahead and holds a new one back for its staging time, so any
+	// interval would do for renewals; 15 minutes bounds how long a fleet
+	// takes to follow a replacement forced by `keyctl acme renew` (a
+	// compromised key, a certificate the CA revokes), at the cost of one
+	// empty answer per node every quarter of an hour.
+	defaultACMERefresh = 15 * time.Minute
 )
 
 // settings is a checked configuration in the form the client runs on.
@@ -44,11 +55,11 @@ type settings struct {
 // resolved.
 type itemSpec struct {
 	index int    // position in the config, for messages
-	typ   string // TypeX509 or TypeStatic
-	name  string // the grant (x509) or the static grant's name
+	typ   string // TypeX509, TypeStatic or TypeACME
+	name  string // the grant (x509), the static grant's name, or the ACME label
 	// id names the item in the status file and in logs: its name, with
-	// "#2", "#3"... for further x509 items of the same grant, in the order
-	// of the config.
+	// "#2", "#3"... for further x509 items of the same grant (or acme
+	// items of the same label), in the order of the config.
 	id string
 
 	// x509
@@ -61,8 +72,12 @@ type itemSpec struct {
 	// static
 	path string
 
+	// acme: the key type family asked for ("ecdsa" or "rsa"); "" takes
+	// the label's first key type.
+	family string
+
 	owner         keyfile.Owner
-	mode          os.FileMode // the key's (x509) or the file's (static)
+	mode          os.FileMode // the key's (x509, acme) or the file's (static)
 	reload        string
 	reloadTimeout time.Duration
 	refresh       time.Duration
@@ -89,7 +104,7 @@ func (s *itemSpec) files() []string {
 		return []string{s.path}
 	}
 	var out []string
-	for _, p := range []string{s.key, s.cert, s.chain, s.fullchain, s.ca} {
+	for _, p := range []string{s.key, s.cert, s.chain, s.fullchain, s.ca} { // ca is always "" for acme
 		if p != "" {
 			out = append(out, p)
 		}
@@ -111,6 +126,7 @@ func (c *Config) resolveItems() ([]*itemSpec, []error) {
 	paths := c.reservedPaths()
 	names := map[string]*itemSpec{} // grant or static name -> its first item
 	count := map[string]int{}       // x509 items per grant so far
+	ids := acmeIDs(c.Items)
 	for i := range c.Items {
 		spec, problems := resolveItem(i, &c.Items[i])
 		label := itemLabel(i, c.Items[i].Type, itemName(&c.Items[i]))
@@ -127,6 +143,11 @@ func (c *Config) resolveItems() ([]*itemSpec, []error) {
 		spec.id = spec.name
 		first, dup := names[spec.name]
 		switch {
+		case spec.typ == TypeACME:
+			// Labels are a name space of their own. Two items of one
+			// label are one per key type, or one service's copy and
+			// another's, each with its own files.
+			spec.id = ids[i]
 		case spec.name == "":
 		case !dup:
 			names[spec.name] = spec
@@ -150,10 +171,31 @@ func (c *Config) resolveItems() ([]*itemSpec, []error) {
 }
 
 func itemName(it *Item) string {
-	if it.Type == TypeStatic {
+	switch it.Type {
+	case TypeStatic:
 		return it.Name
+	case TypeACME:
+		return it.Label
 	}
 	return it.Grant
+}
+
+// acmeIDs are the ids of the config's acme items, by index: the label,
+// and "label#2", "label#3"... for further items of the same label.
+func acmeIDs(items []Item) map[int]string {
+	ids := map[int]string{}
+	count := map[string]int{}
+	for i, it := range items {
+		if it.Type != TypeACME || it.Label == "" {
+			continue
+		}
+		count[it.Label]++
+		ids[i] = it.Label
+		if n := count[it.Label]; n > 1 {
+			ids[i] = fmt.Sprintf("%s#%d", it.Label, n)
+		}
+	}
+	return ids
 }
 
 // reservedPaths are the files the keyclient itself keeps, which no item
@@ -169,6 +211,9 @@ func (c *Config) reservedPaths() map[string]string {
 			if it.Type == TypeStatic && it.Name != "" {
 				m[staticCopyPath(dir, it.Name)] = "the state directory"
 			}
+		}
+		for _, id := range acmeIDs(c.Items) {
+			m[acmeCopyPath(dir, id)] = "the state directory"
 		}
 	}
 	if c.TokenFile != "" {
@@ -188,18 +233,24 @@ func resolveItem(i int, it *Item) (*itemSpec, []error) {
 		resolveX509(it, spec, add)
 	case TypeStatic:
 		resolveStatic(it, spec, add)
+	case TypeACME:
+		resolveACME(it, spec, add)
 	case "":
-		add("type: required (x509 or static)")
+		add("type: required (x509, static or acme)")
 		return nil, errs
 	default:
-		add("type %q: unknown item type (want x509 or static)", it.Type)
+		add("type %q: unknown item type (want x509, static or acme)", it.Type)
 		return nil, errs
 	}
-	// The policy's rule for grant names; it also keeps odd characters
-	// out of request paths and of the state directory.
+	// The policy's rule for grant names and ACME labels; it also keeps
+	// odd characters out of request paths and of the state directory.
 	if spec.name != "" {
 		if err := policy.ValidName(spec.name); err != nil {
-			add("not a grant name: %w", err)
+			if spec.typ == TypeACME {
+				add("not an acme label: %w", err)
+			} else {
+				add("not a grant name: %w", err)
+			}
 		}
 	}
 	for _, p := range spec.files() {
@@ -217,7 +268,11 @@ func resolveItem(i int, it *Item) (*itemSpec, []error) {
 	if spec.reloadTimeout, err = durationOr(it.ReloadTimeout, defaultReloadTimeout, time.Second, time.Hour); err != nil {
 		add("reload_timeout: %w", err)
 	}
-	if spec.refresh, err = durationOr(it.Refresh, defaultRefresh, time.Minute, 30*24*time.Hour); err != nil {
+	refresh := defaultRefresh
+	if spec.typ == TypeACME {
+		refresh = defaultACMERefresh
+	}
+	if spec.refresh, err = durationOr(it.Refresh, refresh, time.Minute, 30*24*time.Hour); err != nil {
 		add("refresh: %w", err)
 	}
 	spec.reload = strings.TrimSpace(it.Reload)
@@ -228,8 +283,8 @@ func resolveX509(it *Item, spec *itemSpec, add func(string, ...any)) {
 	if it.Grant == "" {
 		add("grant: required")
 	}
-	if it.Name != "" || it.Path != "" {
-		add("name and path are for static items; an x509 item has grant, key, cert, chain, fullchain and ca")
+	if it.Name != "" || it.Path != "" || it.Label != "" {
+		add("name and path are for static items, label for acme items; an x509 item has grant, key, cert, chain, fullchain and ca")
 	}
 	if it.Key == "" {
 		add("key: a path is required")
@@ -266,18 +321,25 @@ func resolveX509(it *Item, spec *itemSpec, add func(string, ...any)) {
 		}
 		spec.uris = append(spec.uris, u)
 	}
-	spec.mode = defaultKeyMode
-	if it.Mode != "" {
-		m, err := parseMode(it.Mode)
-		switch {
-		case err != nil:
-			add("mode: %w", err)
-		case m&0o007 != 0:
-			add("mode %04o: would let every user on the node use the private key (give others no access)", m)
-		default:
-			spec.mode = m
-		}
+	spec.mode = keyMode(it.Mode, add)
+}
+
+// keyMode is the mode of an item's private key: as configured, with no
+// access for others, or defaultKeyMode.
+func keyMode(s string, add func(string, ...any)) os.FileMode {
+	if s == "" {
+		return defaultKeyMode
 	}
+	m, err := parseMode(s)
+	switch {
+	case err != nil:
+		add("mode: %w", err)
+	case m&0o007 != 0:
+		add("mode %04o: would let every user on the node use the private key (give others no access)", m)
+	default:
+		return m
+	}
+	return defaultKeyMode
 }
 
 func resolveStatic(it *Item, spec *itemSpec, add func(string, ...any)) {
@@ -285,8 +347,8 @@ func resolveStatic(it *Item, spec *itemSpec, add func(string, ...any)) {
 		add("name: required")
 	}
 	if it.Grant != "" || it.Key != "" || it.Cert != "" || it.Chain != "" || it.FullChain != "" || it.CA != "" ||
-		it.KeyType != "" || len(it.DNS)+len(it.IPs)+len(it.URIs) > 0 {
-		add("grant, key, cert, chain, fullchain, ca, key_type, dns, ips and uris are for x509 items; a static item has name and path")
+		it.KeyType != "" || len(it.DNS)+len(it.IPs)+len(it.URIs) > 0 || it.Label != "" {
+		add("grant, key, cert, chain, fullchain, ca, key_type, dns, ips and uris are for x509 items, label for acme items; a static item has name and path")
 	}
 	if it.Path == "" {
 		add("path: required")
@@ -301,6 +363,37 @@ func resolveStatic(it *Item, spec *itemSpec, add func(string, ...any)) {
 			spec.mode = m
 		}
 	}
+}
+
+// ACME key type families, as the keyserver's per-key-type paths name them.
+const (
+	familyECDSA = "ecdsa"
+	familyRSA   = "rsa"
+)
+
+func resolveACME(it *Item, spec *itemSpec, add func(string, ...any)) {
+	if it.Label == "" {
+		add("label: required (the policy's acme certificate)")
+	}
+	if it.Grant != "" || it.Name != "" || it.Path != "" || it.CA != "" || len(it.DNS)+len(it.IPs)+len(it.URIs) > 0 {
+		add("grant, name, path, ca, dns, ips and uris are not for acme items; an acme item has label, key_type, key, cert, chain and fullchain (the CA's root is in every client already, and the policy decides the names)")
+	}
+	switch kt := strings.ToLower(it.KeyType); {
+	case kt == "" || kt == familyECDSA || kt == familyRSA:
+		spec.family = kt
+	case strings.HasPrefix(kt, familyECDSA+"-") || strings.HasPrefix(kt, familyRSA+"-"):
+		add("key_type %q: an acme item names the family, %s or %s; the label's key_types in the policy decide the curve or size", it.KeyType, familyECDSA, familyRSA)
+	default:
+		add("key_type %q: unknown (want %s or %s, or none for the label's first key type)", it.KeyType, familyECDSA, familyRSA)
+	}
+	if it.Key == "" {
+		add("key: a path is required")
+	}
+	if it.Cert == "" && it.FullChain == "" {
+		add("cert or fullchain: a path is required for at least one (most servers want fullchain)")
+	}
+	spec.key, spec.cert, spec.chain, spec.fullchain = clean(it.Key), clean(it.Cert), clean(it.Chain), clean(it.FullChain)
+	spec.mode = keyMode(it.Mode, add)
 }
 
 func clean(p string) string {

@@ -121,6 +121,24 @@ func TestLoadConfigItemProblems(t *testing.T) {
 			`items[0] (x509 a): dns: "bad name" is not a DNS name`, `items[0] (x509 a): ips: "10.0.0.300" is not an IP address`, `items[0] (x509 a): uris: "relative/x" is not an absolute URI`}},
 		{"bad grant name", "  - {type: x509, grant: Web/1, key: k, cert: c}\n", []string{`items[0] (x509 Web/1): not a grant name: name "Web/1": use lower-case letters`}},
 		{"check interval", "  - {type: static, name: b, path: p}\ncheck_interval: 10ms\n", []string{"check_interval: 10ms is outside"}},
+		{"acme without anything", "  - type: acme\n", []string{"items[0] (acme): label: required", "items[0] (acme): key: a path is required",
+			"items[0] (acme): cert or fullchain: a path is required for at least one"}},
+		{"acme key type of x509", "  - {type: acme, label: www, key: k, fullchain: f, key_type: ecdsa-p256}\n", []string{
+			`items[0] (acme www): key_type "ecdsa-p256": an acme item names the family, ecdsa or rsa`}},
+		{"acme unknown key type", "  - {type: acme, label: www, key: k, fullchain: f, key_type: dsa}\n", []string{`items[0] (acme www): key_type "dsa": unknown (want ecdsa or rsa`}},
+		{"acme fields of x509 and static", "  - {type: acme, label: www, key: k, cert: c, ca: r, dns: [x.example], grant: g}\n", []string{
+			"items[0] (acme www): grant, name, path, ca, dns, ips and uris are not for acme items"}},
+		{"acme bad label", "  - {type: acme, label: WWW, key: k, cert: c}\n", []string{`items[0] (acme WWW): not an acme label: name "WWW"`}},
+		{"acme key readable by all", "  - {type: acme, label: www, key: k, cert: c, mode: \"0604\"}\n", []string{"items[0] (acme www): mode 0604: would let every user"}},
+		{"acme same key twice", "  - {type: acme, label: www, key: k, fullchain: f1}\n  - {type: acme, label: www, key_type: rsa, key: k, fullchain: f2}\n",
+			[]string{"items[1] (acme www): path " + filepath.Join(dir, "k") + " is already used by items[0] (acme www)"}},
+		{"acme cert is another item's key", "  - {type: x509, grant: a, key: k, cert: c}\n  - {type: acme, label: www, key: k2, cert: k}\n",
+			[]string{"items[1] (acme www): path " + filepath.Join(dir, "k") + " is already used by items[0] (x509 a)"}},
+		{"acme copy in the state directory", "  - {type: acme, label: www, key: k, cert: c}\n  - {type: acme, label: www, key: k2, cert: state/acme/www#2.json}\n",
+			[]string{"items[1] (acme www): path " + filepath.Join(dir, "state/acme/www#2.json") + " is already used by the state directory"}},
+		{"label on other types", "  - {type: static, name: b, path: p, label: www}\n  - {type: x509, grant: a, key: k1, cert: c1, label: www}\n",
+			[]string{"items[0] (static b): grant, key, cert, chain, fullchain, ca, key_type, dns, ips and uris are for x509 items, label for acme items",
+				"items[1] (x509 a): name and path are for static items, label for acme items"}},
 		{"unknown item key", "  - {type: static, name: b, path: p, refesh: 1h}\n", []string{"field refesh not found"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -143,6 +161,50 @@ func TestLoadConfigItemProblems(t *testing.T) {
 				t.Errorf("loading a config wrote something: %v", entries)
 			}
 		})
+	}
+}
+
+func TestLoadConfigACMEItems(t *testing.T) {
+	path := writeConfig(t, configHead+`items:
+  - type: acme
+    label: www
+    key: tls/www.key
+    fullchain: tls/www.pem
+    reload: systemctl reload nginx
+  - type: acme
+    label: www
+    key_type: RSA
+    key: tls/www-rsa.key
+    cert: tls/www-rsa.crt
+    chain: tls/www-rsa-chain.crt
+    mode: "0640"
+    group: "0"
+    refresh: 1h
+  - {type: x509, grant: www, key: tls/x.key, cert: tls/x.crt}
+`)
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := cfg.settings()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Dir(path)
+	a, b, x := set.items[0], set.items[1], set.items[2]
+	if a.typ != TypeACME || a.id != "www" || a.name != "www" || a.family != "" || a.mode != 0o600 || a.refresh != 15*time.Minute ||
+		a.key != filepath.Join(base, "tls/www.key") || a.fullchain != filepath.Join(base, "tls/www.pem") || a.cert != "" {
+		t.Errorf("first acme item resolved to %+v", a)
+	}
+	if b.id != "www#2" || b.family != familyRSA || b.mode != 0o640 || b.owner.GID != 0 || b.refresh != time.Hour || b.chain != filepath.Join(base, "tls/www-rsa-chain.crt") {
+		t.Errorf("second acme item resolved to %+v", b)
+	}
+	// An x509 grant of the same name is another name space.
+	if x.id != "www" || x.typ != TypeX509 {
+		t.Errorf("x509 item resolved to %+v", x)
+	}
+	if got := len(a.files()); got != 2 {
+		t.Errorf("first acme item has %d files, want 2", got)
 	}
 }
 

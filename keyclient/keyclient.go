@@ -1,17 +1,21 @@
 // Package keyclient is the node's side of the keysystem: it admits the node
 // with its one-time token, keeps its certificate-granting certificate (CGC)
 // fresh, and with the CGC keeps every item of its configuration fresh:
-// certificates for the policy's x509 grants and the policy's static files.
-// It writes what it gets atomically, with the configured owner and mode,
-// and runs each item's reload command after a change.
+// certificates for the policy's x509 grants, the policy's static files, and
+// the public certificates the keyserver obtains over ACME for the policy's
+// labels. It writes what it gets atomically, with the configured owner and
+// mode, and runs each item's reload command after a change.
 //
-// Keys are generated here and never leave the node; every new certificate
-// gets a new key. The keyserver is trusted only through the trust anchor
-// pinned in the configuration; the token is sent only to a keyserver that
-// proved it holds that anchor's certificate chain, and is forgotten once
-// spent. What a keyserver sends is checked before it is written: a
-// certificate must be for the node's own key, chain to the root the grant
-// names, and say what the grant says; a static file must match its digest.
+// Keys of x509 items are generated here and never leave the node; every new
+// certificate gets a new key. An ACME certificate's key is the keyserver's,
+// shared by the nodes its label names, and fetched with it. The keyserver is
+// trusted only through the trust anchor pinned in the configuration; the
+// token is sent only to a keyserver that proved it holds that anchor's
+// certificate chain, and is forgotten once spent. What a keyserver sends is
+// checked before it is written: a certificate must be for the node's own
+// key, chain to the root the grant names, and say what the grant says; a
+// static file must match its digest; an ACME key must be its certificate's,
+// of the same version, and the full chain the certificate's issuers.
 package keyclient
 
 import (
@@ -752,16 +756,17 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any, as 
 			return err
 		}
 	}
-	return c.roundTrip(ctx, method, path, body, as, func(resp *http.Response) error {
+	return c.roundTrip(ctx, method, path, body, nil, as, func(resp *http.Response) error {
 		return api.ReadResponse(resp, 1<<20, out)
 	})
 }
 
-// roundTrip sends one request to the first keyserver that answers and
-// hands its answer to read. An answer from the API (even a refusal) ends
-// the search, since keyservers share their state; only a failure to reach
-// one, or a 5xx answer, moves on to the next.
-func (c *Client) roundTrip(ctx context.Context, method, path string, body []byte, as auth, read func(*http.Response) error) error {
+// roundTrip sends one request, with the headers hdr (nil: none) besides
+// its content type, to the first keyserver that answers and hands its
+// answer to read. An answer from the API (even a refusal) ends the search,
+// since keyservers share their state; only a failure to reach one, or a
+// 5xx answer, moves on to the next.
+func (c *Client) roundTrip(ctx context.Context, method, path string, body []byte, hdr http.Header, as auth, read func(*http.Response) error) error {
 	anchor, err := c.trust(ctx)
 	if err != nil {
 		return err
@@ -791,6 +796,9 @@ func (c *Client) roundTrip(ctx context.Context, method, path string, body []byte
 		req, err := http.NewRequestWithContext(ctx, method, s+path, bytes.NewReader(body))
 		if err != nil {
 			return err
+		}
+		for k, v := range hdr {
+			req.Header[k] = v
 		}
 		req.Header.Set("Content-Type", api.ContentJSON)
 		resp, err := hc.Do(req)

@@ -241,7 +241,7 @@ func TestRequestsWithTheCGCWaitForARenewal(t *testing.T) {
 	send := func(as auth) chan error {
 		done := make(chan error, 1)
 		go func() {
-			done <- c.roundTrip(t.Context(), http.MethodGet, api.PathNode, nil, as, func(*http.Response) error { return nil })
+			done <- c.roundTrip(t.Context(), http.MethodGet, api.PathNode, nil, nil, as, func(*http.Response) error { return nil })
 		}()
 		return done
 	}
@@ -268,7 +268,7 @@ func TestRequestsWithTheCGCWaitForAnAdmission(t *testing.T) {
 	accepted.wait(t, "the admission")
 	held := make(chan error, 1)
 	go func() {
-		held <- c.roundTrip(t.Context(), http.MethodGet, api.PathNode, nil, withCGC, func(*http.Response) error { return nil })
+		held <- c.roundTrip(t.Context(), http.MethodGet, api.PathNode, nil, nil, withCGC, func(*http.Response) error { return nil })
 	}()
 	accepted.none(t, "a request with the CGC went out during an admission")
 	close(release)

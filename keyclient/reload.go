@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -38,11 +39,22 @@ func (c *Client) runReload(ctx context.Context, it *item, now time.Time) error {
 		it.reload = reloadState{}
 		return nil
 	}
-	// KEYCLIENT_ITEM is the grant (or static name), which two items of
-	// one grant share; KEYCLIENT_CERT tells those apart.
+	// KEYCLIENT_ITEM is the grant (or static name, or acme label), which
+	// two items of one grant or label share; KEYCLIENT_CERT tells those
+	// apart.
 	env := []string{"KEYCLIENT_ITEM=" + it.spec.name, "KEYCLIENT_EVENT=" + string(ev)}
-	if it.spec.typ == TypeX509 {
+	switch it.spec.typ {
+	case TypeX509:
 		env = append(env, "KEYCLIENT_CERT="+it.spec.cert)
+	case TypeACME:
+		cert := it.spec.cert
+		if cert == "" {
+			cert = it.spec.fullchain
+		}
+		env = append(env, "KEYCLIENT_CERT="+cert)
+		if it.acme != nil {
+			env = append(env, "KEYCLIENT_ACME_VERSION="+strconv.Itoa(it.acme.version))
+		}
 	}
 	out, err := runCommand(ctx, it.spec.reload, it.spec.reloadTimeout, env)
 	if err == nil {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/keysystem/keysystem/keyserver/api"
@@ -27,7 +28,28 @@ type remote interface {
 	// static fetches a static grant's content and its digest as sent
 	// (sha256:<hex>), unchecked; at most MaxStaticBytes+1 bytes are read.
 	static(ctx context.Context, name string) (body []byte, digest string, err error)
+	// acmeFile fetches one file of an ACME label: fullchain.pem or
+	// key.pem, of the key type family ("ecdsa", "rsa"), or of the label's
+	// first key type when family is "". A non-empty ifNoneMatch is sent
+	// as If-None-Match; the keyserver's 304 is an answer with NotModified
+	// set and no body. At most maxACMEBytes+1 bytes are read.
+	acmeFile(ctx context.Context, label, family, file, ifNoneMatch string) (*acmeAnswer, error)
 }
+
+// acmeAnswer is the keyserver's answer for one file of an ACME label.
+type acmeAnswer struct {
+	NotModified bool
+	Body        []byte
+	// ETag is the same for a certificate's files and its key: a
+	// certificate and the key it was fetched with belong together when
+	// their tags (and versions) are equal.
+	ETag    string
+	Version int // 0: the keyserver's self-signed placeholder
+}
+
+// maxACMEBytes is the largest file of an ACME label the keyclient reads:
+// a full chain of a few certificates, or one key, is a few kilobytes.
+const maxACMEBytes = 64 << 10
 
 type httpRemote struct{ c *Client }
 
@@ -52,7 +74,7 @@ func (r httpRemote) sign(ctx context.Context, grant, csrPEM string) (*api.Certif
 func (r httpRemote) static(ctx context.Context, name string) ([]byte, string, error) {
 	var body []byte
 	var digest string
-	err := r.c.roundTrip(ctx, http.MethodGet, api.PathStatic+url.PathEscape(name), nil, withCGC, func(resp *http.Response) error {
+	err := r.c.roundTrip(ctx, http.MethodGet, api.PathStatic+url.PathEscape(name), nil, nil, withCGC, func(resp *http.Response) error {
 		if resp.StatusCode/100 != 2 {
 			return api.ReadResponse(resp, 1<<20, nil) // an *api.Error
 		}
@@ -69,6 +91,67 @@ func (r httpRemote) static(ctx context.Context, name string) ([]byte, string, er
 		return nil, "", fmt.Errorf("keyclient: static %s: %w", name, err)
 	}
 	return body, digest, nil
+}
+
+// acmePath is the keyserver's path of an ACME label's file.
+func acmePath(label, family, file string) string {
+	p := api.PathCerts + url.PathEscape(label) + "/"
+	switch {
+	case family != "":
+		return p + url.PathEscape(family) + "/" + file
+	case file == acmeKeyFile:
+		return p + "private.pem"
+	}
+	return p + "public.pem"
+}
+
+// The files of a key type an acme item fetches; cert.pem and chain.pem
+// are cut from the full chain here, so that they cannot be of another
+// version than it.
+const (
+	acmeFullchainFile = "fullchain.pem"
+	acmeKeyFile       = "key.pem"
+)
+
+func (r httpRemote) acmeFile(ctx context.Context, label, family, file, ifNoneMatch string) (*acmeAnswer, error) {
+	var a acmeAnswer
+	var hdr http.Header
+	if ifNoneMatch != "" {
+		hdr = http.Header{"If-None-Match": {ifNoneMatch}}
+	}
+	path := acmePath(label, family, file)
+	err := r.c.roundTrip(ctx, http.MethodGet, path, nil, hdr, withCGC, func(resp *http.Response) error {
+		switch {
+		case resp.StatusCode == http.StatusNotModified:
+			resp.Body.Close()
+			a.NotModified = true
+		case resp.StatusCode/100 != 2:
+			return api.ReadResponse(resp, 1<<20, nil) // an *api.Error
+		default:
+			defer resp.Body.Close()
+			var err error
+			if a.Body, err = io.ReadAll(io.LimitReader(resp.Body, maxACMEBytes+1)); err != nil {
+				return fmt.Errorf("reading the answer: %w", err)
+			}
+			if len(a.Body) > maxACMEBytes {
+				return fmt.Errorf("answer larger than %d bytes", maxACMEBytes)
+			}
+		}
+		a.ETag = resp.Header.Get("ETag")
+		v, err := strconv.Atoi(resp.Header.Get(api.HeaderACMEVersion))
+		switch {
+		case a.ETag == "":
+			return errors.New("answer without an ETag")
+		case err != nil || v < 0:
+			return fmt.Errorf("answer without a valid %s header", api.HeaderACMEVersion)
+		}
+		a.Version = v
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("keyclient: acme %s: GET %s: %w", label, path, err)
+	}
+	return &a, nil
 }
 
 // checkStatic accepts a static file's content only when it fits the limit

@@ -45,8 +45,8 @@ type Status struct {
 
 // ItemStatus is what the client knows about the CGC or one item.
 type ItemStatus struct {
-	Name           string    `json:"name"` // the node (cgc), or the item's id: its grant or static name, "#2"... for further items of one grant
-	Type           string    `json:"type"` // cgc, x509 or static
+	Name           string    `json:"name"` // the node (cgc), or the item's id: its grant, static name or acme label, "#2"... for further items of one grant or label
+	Type           string    `json:"type"` // cgc, x509, static or acme
 	State          string    `json:"state"`
 	LastError      string    `json:"last_error,omitempty"`
 	Failures       int       `json:"failures"`
@@ -58,10 +58,14 @@ type ItemStatus struct {
 	ReloadEvent    string    `json:"reload_event,omitempty"` // the change the pending reload is for
 	ReloadFailures int       `json:"reload_failures,omitempty"`
 	ReloadError    string    `json:"reload_error,omitempty"`
-	Serial         string    `json:"serial,omitempty"`    // x509 and cgc: the certificate's, hex
-	RootPin        string    `json:"root_pin,omitempty"`  // x509: the root it was issued under
-	Digest         string    `json:"digest,omitempty"`    // static: of the content last fetched
-	CheckedAt      time.Time `json:"checked_at,omitzero"` // the last pass
+	Serial         string    `json:"serial,omitempty"`      // x509, acme and cgc: the certificate's, hex
+	RootPin        string    `json:"root_pin,omitempty"`    // x509: the root it was issued under
+	Digest         string    `json:"digest,omitempty"`      // static: of the content last fetched
+	Label          string    `json:"label,omitempty"`       // acme: the policy's label
+	Version        int       `json:"version,omitempty"`     // acme: the version held; 0 with placeholder
+	Placeholder    bool      `json:"placeholder,omitempty"` // acme: the keyserver's self-signed placeholder is held
+	ETag           string    `json:"etag,omitempty"`        // acme: the keyserver's tag of the version held
+	CheckedAt      time.Time `json:"checked_at,omitzero"`   // the last pass
 }
 
 // find returns the entry for an item, or nil.
@@ -171,8 +175,15 @@ func (it *item) status(now time.Time) ItemStatus {
 		Digest:      it.digest,
 		CheckedAt:   now,
 	}
-	if it.spec.typ == TypeX509 {
+	switch it.spec.typ {
+	case TypeX509:
 		st.NotAfter, st.RenewAt, st.Serial, st.RootPin = it.notAfter, it.renewAt, it.serial, it.rootPin
+	case TypeACME:
+		st.Label = it.spec.name
+		if h := it.acme; h != nil {
+			st.NotAfter, st.Serial = it.notAfter, it.serial
+			st.Version, st.Placeholder, st.ETag = h.version, h.placeholder(), h.etag
+		}
 	}
 	if it.reload.event != "" {
 		st.ReloadPending, st.ReloadEvent = true, string(it.reload.event)
