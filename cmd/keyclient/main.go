@@ -183,12 +183,19 @@ func itemLine(r keyclient.ItemResult) string {
 	} else {
 		b.WriteString(string(r.Action))
 	}
+	if r.Type == keyclient.TypeACME {
+		if r.Placeholder {
+			b.WriteString("; the keyserver's placeholder (the CA's certificate is not ready yet)")
+		} else if r.Version > 0 {
+			fmt.Fprintf(&b, "; version %d", r.Version)
+		}
+	}
 	if !r.NotAfter.IsZero() {
 		fmt.Fprintf(&b, "; valid until %s", ts(r.NotAfter))
 	}
 	if !r.RenewAt.IsZero() {
 		what := "next renewal"
-		if r.Type == keyclient.TypeStatic {
+		if r.Type == keyclient.TypeStatic || r.Type == keyclient.TypeACME {
 			what = "next refresh"
 		}
 		fmt.Fprintf(&b, "; %s %s", what, ts(r.RenewAt))
@@ -227,7 +234,14 @@ func status(w, stderr io.Writer, cfg *keyclient.Config, asJSON bool, now time.Ti
 			if errText == "" {
 				errText = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Item, l.Type, l.State, tsOr(l.Expires), tsOr(l.NextRenewal), errText)
+			state := l.State
+			switch {
+			case l.Type == keyclient.TypeACME && l.Placeholder:
+				state += " (placeholder)"
+			case l.Type == keyclient.TypeACME && l.Version > 0:
+				state += fmt.Sprintf(" (v%d)", l.Version)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Item, l.Type, state, tsOr(l.Expires), tsOr(l.NextRenewal), errText)
 		}
 		if err := tw.Flush(); err != nil {
 			return err
