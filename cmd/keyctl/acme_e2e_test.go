@@ -26,7 +26,13 @@ func TestACMEEndToEnd(t *testing.T) {
 	}
 	w.refused(1, "already has acme.kek", "keyctl", "acme", "kek", "--dir", "srv")
 
-	http01 := freeAddr(t)
+	// The http-01 port stays taken while Pebble picks its own ports, and
+	// is let go just before the keyserver listens on it.
+	reserved, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	http01 := reserved.Addr().String()
 	_, port, _ := net.SplitHostPort(http01)
 	httpPort, _ := strconv.Atoi(port)
 	pb := pebbletest.Start(t, pebbletest.Options{HTTPPort: httpPort})
@@ -51,6 +57,7 @@ acme:
 		t.Fatalf("keyserver.yaml from keyctl init has no http01_listen line to uncomment:\n%s", conf)
 	}
 	w.write("srv/keyserver.yaml", strings.Replace(conf, `  # http01_listen: "0.0.0.0:8080"`, `  http01_listen: "`+http01+`"`, 1))
+	reserved.Close()
 	w.startKeyserver("--config", "srv/keyserver.yaml")
 
 	out := w.must("keyctl", "acme", "status")
