@@ -62,6 +62,20 @@ type Config struct {
 
 	Now func() time.Time
 	Log *slog.Logger
+
+	// dns-01 (dns01.go).
+	// DNSZone is the delegated zone the keyserver's own DNS server
+	// (zone.Server) answers, for the accounts without a DNS provider;
+	// "" when there is none, and their dns-01 labels fail.
+	DNSZone string
+	// DNSResolvers are the recursive resolvers (host:port) the dns-01
+	// pre-check of lego providers asks to follow a challenge name's
+	// CNAMEs and to find the authoritative servers of where they lead;
+	// default the name servers of /etc/resolv.conf.
+	DNSResolvers []string
+	// DNSAuthPort is the port the pre-check asks authoritative servers
+	// on; default 53 (tests' servers cannot have it).
+	DNSAuthPort int
 }
 
 // Manager obtains and keeps the policy's ACME certificates.
@@ -97,6 +111,13 @@ func NewManager(cfg Config) (*Manager, error) {
 	if cfg.Holder == "" {
 		cfg.Holder = rand.Text()[:12]
 	}
+	if len(cfg.DNSResolvers) == 0 {
+		cfg.DNSResolvers = systemResolvers()
+	}
+	cfg.DNSResolvers = withDNSPort(cfg.DNSResolvers)
+	setDefault(&cfg.DNSAuthPort, 53)
+	// Process-wide, and why: see disableLegoCNAMEs.
+	disableLegoCNAMEs()
 	return &Manager{cfg: cfg, holder: cfg.Holder, wake: make(chan struct{}, 1)}, nil
 }
 
@@ -304,13 +325,27 @@ type issued struct {
 // key type, replacing (RFC 9773) the certificates named in replaces.
 // Nothing is kept here: see keep.
 func (m *Manager) order(ctx context.Context, lc *policy.ACMECert, staging bool, keyTypes []string, replaces map[string]string) (map[string]issued, error) {
-	if lc.Challenge != policy.ChallengeHTTP01 {
-		return nil, fmt.Errorf("acme: %s: %s is not supported yet", lc.Label, lc.Challenge)
-	}
-	ctx, cancel := context.WithCancel(ctx) // see ctxTransport
+	ctx, cancel := context.WithCancel(ctx) // see ctxTransport, and the dns-01 pre-check
 	defer cancel()
-	client, err := m.client(ctx, m.cfg.Policy().ACMEAccount(lc.Account), staging)
+	acct := m.cfg.Policy().ACMEAccount(lc.Account)
+	// The dns-01 provider is made first, so that a label that cannot be
+	// answered fails before the CA is asked anything.
+	answer := func(*lego.Client) error { return nil } // http-01: client sets it up
+	switch lc.Challenge {
+	case policy.ChallengeHTTP01:
+	case policy.ChallengeDNS01:
+		var err error
+		if answer, err = m.dns01(ctx, lc, acct); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("acme: %s: %s is not supported", lc.Label, lc.Challenge)
+	}
+	client, err := m.client(ctx, acct, staging)
 	if err != nil {
+		return nil, err
+	}
+	if err := answer(client); err != nil {
 		return nil, err
 	}
 	// lego takes the first name as the common name.

@@ -1,6 +1,7 @@
 // Package pebbletest runs a real ACME server for tests: Pebble, with
-// pebble-challtestsrv as the DNS server it resolves names through, both
-// on loopback, both built from the versions pinned in go.mod as Go tools.
+// pebble-challtestsrv as the DNS server it resolves names through (or a
+// DNS server the test gives, for dns-01), all on loopback, built from the
+// versions pinned in go.mod as Go tools.
 // Validation is real (never PEBBLE_VA_ALWAYS_VALID), strict, without
 // Pebble's random sleeps or authorization reuse, and with its default
 // share of bad-nonce rejections, so clients' retries are exercised.
@@ -38,6 +39,11 @@ type Pebble struct {
 // Options for Start.
 type Options struct {
 	HTTPPort int // where Pebble sends HTTP-01 probes (to 127.0.0.1, as challtestsrv resolves every name there)
+	// DNSServer, if set, is the resolver ("127.0.0.1:port") Pebble
+	// looks names up through, over TCP, instead of a challtestsrv that
+	// points every name at 127.0.0.1: for dns-01, whose TXT records the
+	// test serves (dnstest.StartUnbound in front of the zones).
+	DNSServer string
 }
 
 // tool returns the path of a Go tool of this module, building it if needed.
@@ -65,7 +71,8 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// Start runs Pebble (and challtestsrv) until the test ends.
+// Start runs Pebble (and challtestsrv, unless opt.DNSServer is set) until
+// the test ends.
 func Start(t testing.TB, opt Options) *Pebble {
 	t.Helper()
 	dir := t.TempDir()
@@ -77,12 +84,15 @@ func Start(t testing.TB, opt Options) *Pebble {
 		}
 		return p
 	}
-	dnsAddr := "127.0.0.1:" + strconv.Itoa(freePort(t))
-	run(t, "pebble-challtestsrv", []string{
-		"-dnsserver", dnsAddr, "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
-		"-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "",
-		"-management", "127.0.0.1:" + strconv.Itoa(freePort(t)),
-	}, nil)
+	dnsAddr := opt.DNSServer
+	if dnsAddr == "" {
+		dnsAddr = "127.0.0.1:" + strconv.Itoa(freePort(t))
+		run(t, "pebble-challtestsrv", []string{
+			"-dnsserver", dnsAddr, "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+			"-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "",
+			"-management", "127.0.0.1:" + strconv.Itoa(freePort(t)),
+		}, nil)
+	}
 	listen, mgmt := "127.0.0.1:"+strconv.Itoa(freePort(t)), "127.0.0.1:"+strconv.Itoa(freePort(t))
 	httpPort := opt.HTTPPort
 	if httpPort == 0 {
