@@ -12,13 +12,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"go.step.sm/crypto/pemutil"
 
 	"github.com/keysystem/keysystem/keyserver"
 	"github.com/keysystem/keysystem/keyserver/acme"
 	"github.com/keysystem/keysystem/keyserver/acme/dnstest"
 	"github.com/keysystem/keysystem/keyserver/acme/pebbletest"
+	"github.com/keysystem/keysystem/keyserver/acme/zone"
 	"github.com/keysystem/keysystem/keyserver/api"
+	"github.com/keysystem/keysystem/keyserver/store"
 )
 
 // acmeHarness is a keyserver with ACME on, behind a real nginx front end
@@ -236,4 +239,63 @@ func TestACMECertificates(t *testing.T) {
 	resp, body = h.call(t, web, http.MethodGet, api.PathACME, nil)
 	wantError(t, resp, body, http.StatusForbidden, api.CodeCertInvalid)
 	// The forced order runs as the keyserver shuts down: it must stop.
+}
+
+// TestACMEPolicyNeedsWhatItUses: a keyserver refuses, at the label's or
+// account's line, ACME labels it could not obtain as configured.
+func TestACMEPolicyNeedsWhatItUses(t *testing.T) {
+	auths, err := keyserver.GenerateAuthorities("", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		acme  *keyserver.ACMEConfig
+		certs string
+		dns   string
+		want  string
+	}{
+		"no acme section":            {nil, "    web: {sni: [www.example.test], to: {all: true}}\n", "", "policy.yaml:8: the policy has acme certificates, but this keyserver has no acme section"},
+		"http-01 without a listener": {&keyserver.ACMEConfig{}, "    web: {sni: [www.example.test], to: {all: true}}\n", "", "policy.yaml:8: acme certificate \"web\": http-01 needs acme.http01_listen"},
+		"dns-01 without a zone":      {&keyserver.ACMEConfig{}, "    web: {sni: [\"*.example.test\"], challenge: dns-01, to: {all: true}}\n", "", "policy.yaml:8: acme certificate \"web\": dns-01 without a dns provider on account \"ca\" needs the keyserver's own DNS server: acme.dns"},
+		"an unlinked provider":       {&keyserver.ACMEConfig{}, "    web: {sni: [\"*.example.test\"], challenge: dns-01, to: {all: true}}\n", ", dns: {provider: nosuch}", "policy.yaml:4: acme account \"ca\": dns provider \"nosuch\" is not linked into this keyserver"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if tc.acme != nil {
+				tc.acme.KEK = bytes.Repeat([]byte{1}, 32)
+			}
+			dir := t.TempDir()
+			pol := writeFile(t, dir, "policy.yaml", "groups: {}\nacme:\n  accounts:\n    ca: {directory: \"https://127.0.0.1:1/dir\""+tc.dns+"}\n  certificates:\n\n\n"+tc.certs)
+			_, err := keyserver.New(keyserver.Config{Names: []string{"127.0.0.1"}, KeyGranting: auths.KeyGranting, Server: auths.Server, Admin: auths.Admin,
+				Store: store.NewMemory(), PolicyFile: pol, ACME: tc.acme})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("New = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestACMEDNSServer: the keyserver's own DNS server answers the delegated
+// zone's dns-01 values from the store, over UDP and TCP, and refuses
+// names outside it.
+func TestACMEDNSServer(t *testing.T) {
+	h := start(t, options{acme: &keyserver.ACMEConfig{KEK: bytes.Repeat([]byte{1}, 32), DNSZone: "acme.example.test", DNSNameservers: []string{"ks1.example.test"}},
+		dns: true})
+	name := zone.Name("acme.example.test", "*.www.example.test")
+	for _, v := range []string{strings.Repeat("a", 43), strings.Repeat("b", 43)} {
+		if err := zone.Add(t.Context(), h.store, name, v, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, netw := range []string{"udp", "tcp"} {
+		c := &dns.Client{Net: netw, Timeout: 5 * time.Second}
+		m := new(dns.Msg).SetQuestion(dns.Fqdn(name), dns.TypeTXT)
+		r, _, err := c.Exchange(m, h.dnsAddr)
+		if err != nil || r.Rcode != dns.RcodeSuccess || !r.Authoritative || len(r.Answer) != 2 {
+			t.Errorf("%s: TXT %s: %v, %v", netw, name, r, err)
+		}
+		m = new(dns.Msg).SetQuestion("www.example.test.", dns.TypeTXT)
+		if r, _, err := c.Exchange(m, h.dnsAddr); err != nil || r.Rcode != dns.RcodeRefused {
+			t.Errorf("%s: a name outside the zone: %v, %v; want REFUSED", netw, r, err)
+		}
+	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/keysystem/keysystem/admission"
 	"github.com/keysystem/keysystem/authority"
 	"github.com/keysystem/keysystem/keyserver/acme"
+	"github.com/keysystem/keysystem/keyserver/acme/zone"
 	"github.com/keysystem/keysystem/keyserver/api"
 	"github.com/keysystem/keysystem/policy"
 )
@@ -38,6 +39,15 @@ type ACMEConfig struct {
 	Staging         time.Duration
 	MaxOrdersPerDay int           // default acme.DefaultMaxOrdersPerDay
 	CheckInterval   time.Duration // default acme.DefaultCheckInterval
+
+	// DNSZone is the zone delegated to the keyservers' own DNS server
+	// (ServeDNS), where dns-01 answers go for accounts without a DNS
+	// provider; "" leaves that off. DNSNameservers are the zone's NS
+	// names. DNSResolvers are the recursive resolvers the dns-01 check
+	// of DNS providers asks (default: /etc/resolv.conf's).
+	DNSZone        string
+	DNSNameservers []string
+	DNSResolvers   []string
 }
 
 // DefaultACMEStaging is how long a new ACME certificate is held back by
@@ -71,6 +81,8 @@ func (s *Server) newACME() error {
 		Staging:         c.Staging,
 		MaxOrdersPerDay: c.MaxOrdersPerDay,
 		CheckInterval:   c.CheckInterval,
+		DNSZone:         c.DNSZone,
+		DNSResolvers:    c.DNSResolvers,
 		Now:             s.cfg.Now,
 		Log:             s.log.With("part", "acme"),
 	})
@@ -89,11 +101,22 @@ func (s *Server) checkACME(p *policy.Policy) error {
 			Msg: "the policy has acme certificates, but this keyserver has no acme section in its configuration (keyserver.yaml)"}}
 	}
 	var probs policy.Errors
+	if err := acme.CheckPolicy(p); err != nil {
+		var pe policy.Errors
+		if !errors.As(err, &pe) {
+			return err
+		}
+		probs = append(probs, pe...)
+	}
 	for _, l := range labels {
 		c := p.ACMECert(l)
-		if c.Challenge == policy.ChallengeHTTP01 && s.cfg.ACME.HTTP01Probe == "" {
+		switch {
+		case c.Challenge == policy.ChallengeHTTP01 && s.cfg.ACME.HTTP01Probe == "":
 			probs = append(probs, policy.Problem{File: p.File(), Line: c.Line,
 				Msg: fmt.Sprintf("acme certificate %q: http-01 needs acme.http01_listen in keyserver.yaml, and front ends proxying %s to it", l, acme.ChallengePath)})
+		case c.Challenge == policy.ChallengeDNS01 && p.ACMEAccount(c.Account).DNS == nil && s.cfg.ACME.DNSZone == "":
+			probs = append(probs, policy.Problem{File: p.File(), Line: c.Line,
+				Msg: fmt.Sprintf("acme certificate %q: dns-01 without a dns provider on account %q needs the keyserver's own DNS server: acme.dns in keyserver.yaml", l, c.Account)})
 		}
 	}
 	if len(probs) > 0 {
@@ -118,6 +141,20 @@ func (s *Server) ServeHTTP01(ctx context.Context, l net.Listener) error {
 	err := srv.Shutdown(shutCtx)
 	<-errc
 	return err
+}
+
+// ServeDNS answers the delegated dns-01 zone (ACMEConfig.DNSZone) over
+// UDP on pc and TCP on l until ctx ends.
+func (s *Server) ServeDNS(ctx context.Context, pc net.PacketConn, l net.Listener) error {
+	c := s.cfg.ACME
+	if c == nil || c.DNSZone == "" {
+		return errors.New("keyserver: no acme dns zone configured")
+	}
+	zs, err := zone.NewServer(zone.Config{Zone: c.DNSZone, Nameservers: c.DNSNameservers, Store: s.cfg.Store, Now: s.cfg.Now, Log: s.log.With("part", "acme-dns")})
+	if err != nil {
+		return fmt.Errorf("keyserver: %w", err)
+	}
+	return zs.Serve(ctx, pc, l)
 }
 
 // certFiles are the files of a label's key type a node may fetch.

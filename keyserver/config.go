@@ -62,9 +62,25 @@ type ACMEFileConfig struct {
 	// HTTP01Probe is where the keyserver fetches its own answer before
 	// telling the CA: best a front end's address, so the whole path is
 	// checked; default the http-01 listener itself.
-	HTTP01Probe     string        `yaml:"http01_probe,omitempty"`
-	StagingTime     time.Duration `yaml:"staging_time,omitempty"`
-	MaxOrdersPerDay int           `yaml:"max_orders_per_day,omitempty"`
+	HTTP01Probe     string         `yaml:"http01_probe,omitempty"`
+	StagingTime     time.Duration  `yaml:"staging_time,omitempty"`
+	MaxOrdersPerDay int            `yaml:"max_orders_per_day,omitempty"`
+	DNS             *ACMEDNSConfig `yaml:"dns,omitempty"`
+}
+
+// ACMEDNSConfig is the dns-01 part of keyserver.yaml's acme section.
+type ACMEDNSConfig struct {
+	// Listen, Zone and Nameservers run the keyserver's own DNS server
+	// (UDP and TCP on Listen) for Zone, which the parent zone delegates
+	// to Nameservers (these keyservers' names); operators point
+	// _acme-challenge.<name> at <name>.<zone> by CNAME.
+	Listen      string   `yaml:"listen,omitempty"`
+	Zone        string   `yaml:"zone,omitempty"`
+	Nameservers []string `yaml:"nameservers,omitempty"`
+	// Resolvers are the recursive resolvers (host:port) the keyserver
+	// asks, for DNS providers, to follow CNAMEs and find the servers to
+	// check an answer on; default /etc/resolv.conf's.
+	Resolvers []string `yaml:"resolvers,omitempty"`
 }
 
 // StoreConfig chooses the store.
@@ -148,6 +164,21 @@ func LoadConfig(path string) (*FileConfig, error) {
 		if a.StagingTime < 0 || a.MaxOrdersPerDay < 0 {
 			problems = append(problems, errors.New("acme.staging_time, acme.max_orders_per_day: must not be negative"))
 		}
+		if d := a.DNS; d != nil {
+			if (d.Listen == "") != (d.Zone == "") || d.Zone != "" && len(d.Nameservers) == 0 {
+				problems = append(problems, errors.New("acme.dns: the keyserver's own DNS server needs listen, zone and nameservers together"))
+			}
+			if d.Listen != "" {
+				if _, _, err := net.SplitHostPort(d.Listen); err != nil {
+					problems = append(problems, fmt.Errorf("acme.dns.listen: %q is not host:port", d.Listen))
+				}
+			}
+			for _, r := range d.Resolvers {
+				if _, _, err := net.SplitHostPort(r); err != nil {
+					problems = append(problems, fmt.Errorf("acme.dns.resolvers: %q is not host:port", r))
+				}
+			}
+		}
 	}
 	if err := errors.Join(problems...); err != nil {
 		return nil, fmt.Errorf("keyserver: config %s: %w", path, err)
@@ -207,6 +238,9 @@ func Open(c *FileConfig, logger *slog.Logger) (*Server, io.Closer, error) {
 			return nil, nil, fmt.Errorf("keyserver: %w (keyctl init writes it; for an older directory, run keyctl acme kek --dir %s)", err, c.dir)
 		}
 		acmeCfg = &ACMEConfig{KEK: kek, HTTP01Probe: a.probeAddr(), Staging: a.StagingTime, MaxOrdersPerDay: a.MaxOrdersPerDay}
+		if d := a.DNS; d != nil {
+			acmeCfg.DNSZone, acmeCfg.DNSNameservers, acmeCfg.DNSResolvers = d.Zone, d.Nameservers, d.Resolvers
+		}
 	}
 	srv, err := New(Config{
 		Names:        c.Names,

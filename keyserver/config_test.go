@@ -38,6 +38,9 @@ func TestLoadConfig(t *testing.T) {
 			[]string{"listen:", "names:", "store.type:", "log_level:"}},
 		{"nothing at all", "{}\n", []string{"listen:", "names:", "authorities:", "store.path:"}},
 		{"empty file", "", []string{"empty file"}},
+		{"acme", valid + "acme:\n  http01_listen: :8080\n  dns: {listen: \":53\", zone: acme.example.org, nameservers: [ks1.example.org], resolvers: [\"127.0.0.1:53\"]}\n", nil},
+		{"bad acme", valid + "acme:\n  http01_listen: nowhere\n  http01_probe: nohost\n  staging_time: -1h\n  dns: {zone: acme.example.org, resolvers: [x]}\n",
+			[]string{"acme.http01_listen:", "acme.http01_probe:", "acme.staging_time", "acme.dns: the keyserver's own DNS server needs listen, zone and nameservers together", "acme.dns.resolvers:"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()

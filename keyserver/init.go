@@ -199,6 +199,14 @@ acme:
   # http01_probe: "www.example.org:80"
   staging_time: 1h        # a new certificate is handed out this long after its NotBefore
   max_orders_per_day: 10  # per label, one per key type; failures back off from 5m to 4h
+  # dns-01 through the keyserver's own DNS server: delegate the zone to
+  # the keyservers (NS records naming them), and CNAME each
+  # _acme-challenge.<name> to <name>.<zone>. Accounts with a dns provider
+  # in the policy do not need it.
+  # dns:
+  #   listen: "0.0.0.0:53"
+  #   zone: acme.example.org
+  #   nameservers: [keyserver1.example.org, keyserver2.example.org]
 `
 
 // examplePolicy is the policy Init writes: short, and valid as written.

@@ -148,17 +148,19 @@ type options struct {
 
 	acme   *keyserver.ACMEConfig
 	http01 net.Listener // served with ServeHTTP01 while the server runs
+	dns    bool         // serve ServeDNS on loopback (harness.dnsAddr)
 }
 
 // harness is a keyserver serving HTTPS on loopback, in process.
 type harness struct {
-	clock *fakeClock
-	auths *keyserver.Authorities // the server's, on the fake clock
-	store *gatedStore
-	audit *auditBuffer
-	addr  string
-	admin *http.Client // a valid administrator
-	anon  *http.Client // no client certificate
+	clock   *fakeClock
+	auths   *keyserver.Authorities // the server's, on the fake clock
+	store   *gatedStore
+	audit   *auditBuffer
+	addr    string
+	dnsAddr string       // with options.dns
+	admin   *http.Client // a valid administrator
+	anon    *http.Client // no client certificate
 
 	closed   <-chan struct{}    // closed once Serve has closed its listener
 	cancel   context.CancelFunc // what SIGTERM does
@@ -246,6 +248,25 @@ func start(t *testing.T, opts options) *harness {
 		h.serveErr = srv.Serve(ctx, nl)
 		close(served)
 	}()
+	if opts.dns {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tl, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.dnsAddr = pc.LocalAddr().String()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := srv.ServeDNS(ctx, pc, tl); err != nil {
+				t.Errorf("ServeDNS: %v", err)
+			}
+		}()
+		t.Cleanup(func() { cancel(); <-done })
+	}
 	if opts.http01 != nil {
 		done := make(chan struct{})
 		go func() {

@@ -47,6 +47,11 @@ acme:
       key_types: [ecdsa-p256]
       to: {groups: [all-web]}
 `)
+	if out := w.must("keyctl", "policy", "check", "srv/policy.yaml"); !strings.Contains(out, "1 acme certificates") {
+		t.Errorf("policy check: %q", out)
+	}
+	w.write("bad-policy.yaml", "groups: {}\nacme:\n  accounts:\n    ca:\n      directory: letsencrypt\n      dns: {provider: nosuch}\n  certificates:\n    www: {sni: [\"*.example.org\"], challenge: dns-01, to: {all: true}}\n")
+	w.refused(1, `bad-policy.yaml:4: acme account "ca": dns provider "nosuch" is not linked into this keyserver`, "keyctl", "policy", "check", "bad-policy.yaml")
 	// Without an http-01 listener, the label cannot be obtained: refused
 	// at start, with its line.
 	w.refused(2, "policy.yaml:", "keyserver", "--config", "srv/keyserver.yaml")

@@ -13,6 +13,7 @@ import (
 
 	"github.com/keysystem/keysystem/authority"
 	"github.com/keysystem/keysystem/keyserver"
+	"github.com/keysystem/keysystem/keyserver/acme"
 	"github.com/keysystem/keysystem/keyserver/api"
 	"github.com/keysystem/keysystem/policy"
 )
@@ -33,6 +34,11 @@ func cmdPolicyCheck(e *env, args []string) error {
 	if err == nil && dir != "" {
 		err = p.CheckAuthorities(time.Now(), issuerOf(dir))
 	}
+	if err == nil {
+		// DNS providers this build does not link, or whose settings
+		// they refuse.
+		err = acme.CheckPolicy(p)
+	}
 	if err != nil {
 		probs := policy.Problems(file, err)
 		for _, pr := range probs {
@@ -40,8 +46,8 @@ func cmdPolicyCheck(e *env, args []string) error {
 		}
 		return fmt.Errorf("%s: %w with %d problem(s)", file, errPolicyRefused, len(probs))
 	}
-	fmt.Fprintf(e.stdout, "%s: ok: %d authorities, %d groups, %d grants (%s)\n", file,
-		len(p.Authorities()), len(p.Groups()), len(p.GrantNames()), p.Digest())
+	fmt.Fprintf(e.stdout, "%s: ok: %d authorities, %d groups, %d grants, %d acme certificates (%s)\n", file,
+		len(p.Authorities()), len(p.Groups()), len(p.GrantNames()), len(p.ACMELabels()), p.Digest())
 	if dir == "" && len(p.Authorities()) > 0 {
 		fmt.Fprintf(e.stderr, "note: the authorities were not checked (no %s/ next to %s; give --authorities DIR)\n", keyserver.AuthoritiesDir, file)
 	}

@@ -144,6 +144,26 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		})
 	}
+	if a := fc.ACME; a != nil && a.DNS != nil && a.DNS.Listen != "" {
+		pc, err := net.ListenPacket("udp", a.DNS.Listen)
+		if err != nil {
+			l.Close()
+			return fmt.Errorf("acme dns server: %w", err)
+		}
+		tl, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err != nil {
+			pc.Close()
+			l.Close()
+			return fmt.Errorf("acme dns server: %w", err)
+		}
+		logger.Info("acme dns server listening", "addr", pc.LocalAddr().String(), "zone", a.DNS.Zone)
+		wg.Go(func() {
+			if err := srv.ServeDNS(ctx, pc, tl); err != nil {
+				logger.Error("acme dns server", "err", err)
+				stopAll()
+			}
+		})
+	}
 	logger.Info("keyserver listening", "addr", l.Addr().String(), "names", fc.Names, "store", fc.Store.Path, "policy", fc.Policy)
 	wg.Go(func() { reloadOnHUP(ctx, hup, srv) })
 	return srv.Serve(ctx, l)
