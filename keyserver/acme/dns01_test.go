@@ -22,7 +22,6 @@ import (
 
 	"github.com/keysystem/keysystem/keyserver/acme"
 	"github.com/keysystem/keysystem/keyserver/acme/dnstest"
-	"github.com/keysystem/keysystem/keyserver/acme/pebbletest"
 	"github.com/keysystem/keysystem/keyserver/acme/zone"
 	"github.com/keysystem/keysystem/keyserver/store"
 	"github.com/keysystem/keysystem/policy"
@@ -31,53 +30,6 @@ import (
 // wildcardLabel is a name and its wildcard, proven together by dns-01 at
 // the one name _acme-challenge.example.test.
 const wildcardLabel = "    wild:\n      sni: [example.test, \"*.example.test\"]\n      challenge: dns-01\n      key_types: [ecdsa-p256]\n      to: {all: true}\n"
-
-// dnsOptions configure newDNSEnv.
-type dnsOptions struct {
-	store    *onAnswer // default a new one
-	resolver string    // the DNS server Pebble resolves names through
-	account  string    // more of the account's settings, indented
-	certs    string    // the policy's acme.certificates, indented
-	config   func(*acme.Config)
-}
-
-// newDNSEnv is newACMEEnvWith for dns-01: Pebble resolves names through
-// the test's own DNS servers, and the keyserver listens for no http-01.
-func newDNSEnv(t *testing.T, opt dnsOptions) *acmeEnv {
-	t.Helper()
-	st := opt.store
-	if st == nil {
-		st = &onAnswer{Memory: store.NewMemory()}
-	}
-	pb := pebbletest.Start(t, pebbletest.Options{DNSServer: opt.resolver})
-	pol := parsePolicy(t, pb.Directory, pb.RootsPEM, opt.account, opt.certs)
-	if err := acme.CheckPolicy(pol); err != nil {
-		t.Fatalf("CheckPolicy: %v", err)
-	}
-	c := &clock{now: time.Now()}
-	e := &acmeEnv{pebble: pb, store: st, clock: c, orders: &orderCounter{}}
-	e.newManager = func() *acme.Manager {
-		sealer, err := acme.NewSealer(bytes.Repeat([]byte{1}, 32), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg := acme.Config{
-			Store: st, Sealer: sealer, Policy: func() *policy.Policy { return pol },
-			HTTP01: &acme.HTTP01Provider{Store: st}, Staging: time.Hour, Now: c.Now,
-			Transport: e.orders.wrap,
-		}
-		if opt.config != nil {
-			opt.config(&cfg)
-		}
-		mgr, err := acme.NewManager(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return mgr
-	}
-	e.mgr = e.newManager()
-	return e
-}
 
 // parsePolicy is a policy with the account pebble at directory, trusting
 // roots (if any) for its TLS, and the certificates.
@@ -168,8 +120,8 @@ func TestDNS01OwnZoneWildcard(t *testing.T) {
 		Stubs:     map[string]string{"acme.test": serveZone(t, st, "acme.test")},
 		LocalData: []string{"_acme-challenge.example.test. CNAME example.test.acme.test."},
 	})
-	e := newDNSEnv(t, dnsOptions{
-		store: st, resolver: u.Addr, certs: wildcardLabel,
+	e := newACMEEnvWith(t, envOptions{
+		store: st, dnsServer: u.Addr, certs: wildcardLabel,
 		config: func(c *acme.Config) { c.DNSZone = "acme.test" },
 	})
 	e.obtain(t, "wild")
@@ -205,8 +157,8 @@ func TestDNS01RFC2136(t *testing.T) {
           RFC2136_POLLING_INTERVAL: 100ms
           RFC2136_SEQUENCE_INTERVAL: 100ms
 `, k.Addr, k.TSIGKey, k.TSIGSecret, k.TSIGAlgorithm)
-	e := newDNSEnv(t, dnsOptions{
-		resolver: u.Addr, account: account, certs: wildcardLabel,
+	e := newACMEEnvWith(t, envOptions{
+		dnsServer: u.Addr, account: account, certs: wildcardLabel,
 		config: func(c *acme.Config) {
 			c.DNSResolvers = []string{u.Addr}
 			fmt.Sscan(port, &c.DNSAuthPort)
@@ -287,8 +239,8 @@ func TestDNS01PreCheck(t *testing.T) {
 	t.Cleanup(endpoint.Close)
 
 	var validations atomic.Int32 // the CA told to validate a challenge
-	e := newDNSEnv(t, dnsOptions{
-		resolver: u.Addr,
+	e := newACMEEnvWith(t, envOptions{
+		dnsServer: u.Addr,
 		account: fmt.Sprintf("      dns:\n        provider: httpreq\n        env:\n          HTTPREQ_ENDPOINT: %s\n"+
 			"          HTTPREQ_PROPAGATION_TIMEOUT: 1s\n          HTTPREQ_POLLING_INTERVAL: 100ms\n", endpoint.URL),
 		certs: "    web:\n      sni: [www.example.test]\n      challenge: dns-01\n      key_types: [ecdsa-p256]\n      to: {all: true}\n",

@@ -10,7 +10,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -65,11 +64,15 @@ type acmeEnv struct {
 
 type envOptions struct {
 	certs   string // the policy's acme.certificates, indented
-	account string // more of the account's settings, indented
+	account string // more of the account's settings, indented; $DIRECTORY is Pebble's
 	// caPort, if set, is where Pebble validates http-01, instead of the
 	// keyserver's listener: a front end that does not proxy the path.
 	caPort int
-	config func(*acme.Config)
+	// dnsServer, if set, is the DNS server Pebble resolves names through
+	// (for dns-01), instead of one answering 127.0.0.1 for every name.
+	dnsServer string
+	store     *onAnswer // default a new one
+	config    func(*acme.Config)
 }
 
 func newACMEEnv(t *testing.T, certs string) *acmeEnv {
@@ -78,19 +81,20 @@ func newACMEEnv(t *testing.T, certs string) *acmeEnv {
 
 func newACMEEnvWith(t *testing.T, opt envOptions) *acmeEnv {
 	t.Helper()
-	st := &onAnswer{Memory: store.NewMemory()}
+	st := opt.store
+	if st == nil {
+		st = &onAnswer{Memory: store.NewMemory()}
+	}
 	addr := serveHTTP01(t, st)
 	_, port, _ := net.SplitHostPort(addr)
 	httpPort, _ := strconv.Atoi(port)
 	if opt.caPort != 0 {
 		httpPort = opt.caPort
 	}
-	pb := pebbletest.Start(t, pebbletest.Options{HTTPPort: httpPort})
-	account := strings.ReplaceAll(opt.account, "$DIRECTORY", pb.Directory)
-	src := fmt.Sprintf("groups: {}\nacme:\n  accounts:\n    pebble:\n      directory: %s\n      ca_file: pebble-tls.pem\n%s  certificates:\n%s", pb.Directory, account, opt.certs)
-	pol, err := policy.Parse("policy.yaml", []byte(src), func(string) ([]byte, error) { return pb.RootsPEM, nil })
-	if err != nil {
-		t.Fatal(err)
+	pb := pebbletest.Start(t, pebbletest.Options{HTTPPort: httpPort, DNSServer: opt.dnsServer})
+	pol := parsePolicy(t, pb.Directory, pb.RootsPEM, strings.ReplaceAll(opt.account, "$DIRECTORY", pb.Directory), opt.certs)
+	if err := acme.CheckPolicy(pol); err != nil {
+		t.Fatalf("CheckPolicy: %v", err)
 	}
 	c := &clock{now: time.Now()}
 	e := &acmeEnv{pebble: pb, store: st, clock: c, orders: &orderCounter{}}

@@ -19,12 +19,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/keysystem/keysystem/keyserver/acme/internal/testlog"
 )
 
 // startTimeout bounds how long a daemon may take to answer its first query.
@@ -94,7 +95,7 @@ func run(t testing.TB, name, path string, args ...string) <-chan struct{} {
 	cmd := exec.CommandContext(ctx, path, args...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 10 * time.Second
-	lw := &logWriter{t: t, name: name}
+	lw := testlog.New(t, name)
 	cmd.Stdout, cmd.Stderr = lw, lw
 	if err := cmd.Start(); err != nil {
 		cancel()
@@ -116,7 +117,7 @@ func run(t testing.TB, name, path string, args ...string) <-chan struct{} {
 		}
 		cancel()
 		<-exited
-		lw.stop()
+		lw.Stop()
 	})
 	return exited
 }
@@ -190,37 +191,4 @@ func parseRRs(t testing.TB, origin string, lines []string) []dns.RR {
 		}
 	}
 	return rrs
-}
-
-// logWriter hands a process's output to the test log, line by line,
-// until the test ends (as in pebbletest).
-type logWriter struct {
-	t    testing.TB
-	name string
-	mu   sync.Mutex
-	done bool
-	buf  []byte
-}
-
-func (w *logWriter) Write(b []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf = append(w.buf, b...)
-	for {
-		i := bytes.IndexByte(w.buf, '\n')
-		if i < 0 {
-			break
-		}
-		if !w.done {
-			w.t.Logf("%s: %s", w.name, w.buf[:i])
-		}
-		w.buf = w.buf[i+1:]
-	}
-	return len(b), nil
-}
-
-func (w *logWriter) stop() {
-	w.mu.Lock()
-	w.done = true
-	w.mu.Unlock()
 }

@@ -21,11 +21,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/keysystem/keysystem/authority"
+	"github.com/keysystem/keysystem/keyserver/acme/internal/testlog"
 )
 
 // Pebble is a running Pebble.
@@ -190,45 +190,12 @@ func (p *Pebble) SetRenewalInfo(t testing.TB, certPEM []byte, start, end time.Ti
 	}
 }
 
-// logWriter hands a process's output to the test log, line by line,
-// until the test ends.
-type logWriter struct {
-	t    testing.TB
-	name string
-	mu   sync.Mutex
-	done bool
-	buf  []byte
-}
-
-func (w *logWriter) Write(b []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf = append(w.buf, b...)
-	for {
-		i := bytes.IndexByte(w.buf, '\n')
-		if i < 0 {
-			break
-		}
-		if !w.done {
-			w.t.Logf("%s: %s", w.name, w.buf[:i])
-		}
-		w.buf = w.buf[i+1:]
-	}
-	return len(b), nil
-}
-
-func (w *logWriter) stop() {
-	w.mu.Lock()
-	w.done = true
-	w.mu.Unlock()
-}
-
 func run(t testing.TB, name string, args, env []string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, tool(t, name), args...)
 	cmd.Env = append(os.Environ(), env...)
-	lw := &logWriter{t: t, name: name}
+	lw := testlog.New(t, name)
 	cmd.Stdout, cmd.Stderr = lw, lw
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
@@ -238,7 +205,7 @@ func run(t testing.TB, name string, args, env []string) {
 	t.Cleanup(func() {
 		cancel()
 		cmd.Wait()
-		lw.stop()
+		lw.Stop()
 	})
 }
 
