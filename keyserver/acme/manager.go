@@ -321,10 +321,11 @@ type issued struct {
 }
 
 // order obtains the label's certificates from its account's CA (or
-// staging CA), one order per
-// key type, replacing (RFC 9773) the certificates named in replaces.
-// Nothing is kept here: see keep.
-func (m *Manager) order(ctx context.Context, lc *policy.ACMECert, staging bool, keyTypes []string, replaces map[string]string) (map[string]issued, error) {
+// staging CA), one order per key type, replacing (RFC 9773) the
+// certificates named in replaces. It reports how many orders it placed
+// (or tried to: the daily cap counts them), which is none when the CA
+// could not even be reached. Nothing is kept here: see newVersion.
+func (m *Manager) order(ctx context.Context, lc *policy.ACMECert, staging bool, keyTypes []string, replaces map[string]string) (got map[string]issued, placed int, err error) {
 	ctx, cancel := context.WithCancel(ctx) // see ctxTransport, and the dns-01 pre-check
 	defer cancel()
 	acct := m.cfg.Policy().ACMEAccount(lc.Account)
@@ -334,48 +335,48 @@ func (m *Manager) order(ctx context.Context, lc *policy.ACMECert, staging bool, 
 	switch lc.Challenge {
 	case policy.ChallengeHTTP01:
 	case policy.ChallengeDNS01:
-		var err error
 		if answer, err = m.dns01(ctx, lc, acct); err != nil {
-			return nil, err
+			return nil, placed, err
 		}
 	default:
-		return nil, fmt.Errorf("acme: %s: %s is not supported", lc.Label, lc.Challenge)
+		return nil, placed, fmt.Errorf("acme: %s: %s is not supported", lc.Label, lc.Challenge)
 	}
 	client, err := m.client(ctx, acct, staging)
 	if err != nil {
-		return nil, err
+		return nil, placed, err
 	}
 	if err := answer(client); err != nil {
-		return nil, err
+		return nil, placed, err
 	}
 	// lego takes the first name as the common name.
 	names := slices.Clone(lc.Names)
 	if i := slices.Index(names, lc.CommonName); i > 0 {
 		names[0], names[i] = names[i], names[0]
 	}
-	got := map[string]issued{}
+	got = map[string]issued{}
 	for _, kt := range keyTypes {
 		key, err := authority.GenerateKey(authority.KeyType(kt))
 		if err != nil {
-			return nil, err
+			return nil, placed, err
 		}
+		placed++
 		res, err := client.Certificate.Obtain(certificate.ObtainRequest{
 			Domains: names, PrivateKey: key, Bundle: true, ReplacesCertID: replaces[kt],
 		})
 		if err != nil {
-			return nil, fmt.Errorf("acme: %s (%s): %w", lc.Label, kt, err)
+			return nil, placed, fmt.Errorf("acme: %s (%s): %w", lc.Label, kt, err)
 		}
 		chain, err := pemutil.ParseCertificateBundle(res.Certificate)
 		if err != nil {
-			return nil, fmt.Errorf("acme: %s (%s): the CA's certificate: %w", lc.Label, kt, err)
+			return nil, placed, fmt.Errorf("acme: %s (%s): the CA's certificate: %w", lc.Label, kt, err)
 		}
 		pemKey, err := authority.EncodeKeyPEM(key)
 		if err != nil {
-			return nil, err
+			return nil, placed, err
 		}
 		got[kt] = issued{fullchain: res.Certificate, key: pemKey, leaf: chain[0]}
 	}
-	return got, nil
+	return got, placed, nil
 }
 
 // newVersion seals what was obtained into the next version after st's,

@@ -331,7 +331,7 @@ func (m *Manager) renew(ctx context.Context, lc *policy.ACMECert, by string) (bo
 	if acct.StagingDirectory != "" && proven != proof(lc) {
 		// One order at the staging CA proves the names and the
 		// challenge; a failure there costs nothing at the real one.
-		if _, err = m.order(ctx, lc, true, lc.KeyTypes[:1], nil); err == nil {
+		if _, _, err = m.order(ctx, lc, true, lc.KeyTypes[:1], nil); err == nil {
 			proven = proof(lc)
 		} else {
 			err = fmt.Errorf("at the staging CA: %w", err)
@@ -344,8 +344,7 @@ func (m *Manager) renew(ctx context.Context, lc *policy.ACMECert, by string) (bo
 				replaces[kt] = cf.ARICertID
 			}
 		}
-		placed = len(lc.KeyTypes)
-		got, err = m.order(ctx, lc, false, lc.KeyTypes, replaces)
+		got, placed, err = m.order(ctx, lc, false, lc.KeyTypes, replaces)
 	}
 
 	var v *Version

@@ -127,7 +127,7 @@ func TestFailedValidationBacksOff(t *testing.T) {
 	e := newACMEEnvWith(t, envOptions{
 		certs:  "    web:\n      sni: [www.example.test]\n      to: {all: true}\n",
 		caPort: notFound(t),
-		config: func(c *acme.Config) { c.MaxOrdersPerDay = 4 },
+		config: func(c *acme.Config) { c.MaxOrdersPerDay = 3 },
 	})
 	start := e.clock.Now()
 	status := func() (n int, failures int, next time.Time, lastErr string) {
@@ -162,7 +162,7 @@ func TestFailedValidationBacksOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := e.mgr.Check(t.Context(), "web"); !errors.Is(err, acme.ErrOrderCap) {
-		t.Fatalf("forced Check with 4 orders today = %v; want ErrOrderCap", err)
+		t.Fatalf("forced Check with 2 orders today (each stopped at its first key type) and 2 more to place = %v; want ErrOrderCap", err)
 	}
 	n, _, next, msg := status()
 	if n != 2 || !next.Equal(start.Add(24*time.Hour)) || !strings.Contains(msg, "max_orders_per_day") {
@@ -233,8 +233,8 @@ func TestUnreachableDirectory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Failures != 1 || !s.NextAttempt.Equal(c.Now().Add(acme.DefaultRetryMin)) || !strings.Contains(s.LastError, "connection refused") {
-		t.Errorf("status: %d failures, next attempt %v, error %q", s.Failures, s.NextAttempt.Sub(c.Now()), s.LastError)
+	if s.Failures != 1 || !s.NextAttempt.Equal(c.Now().Add(acme.DefaultRetryMin)) || !strings.Contains(s.LastError, "connection refused") || s.OrdersToday != 0 {
+		t.Errorf("status: %d failures, next attempt %v, error %q, %d orders today (none reached the CA)", s.Failures, s.NextAttempt.Sub(c.Now()), s.LastError, s.OrdersToday)
 	}
 	if _, err := st.Get(t.Context(), "acme/accounts/ca"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("an account was kept for a CA that never answered: %v", err)
