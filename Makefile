@@ -2,7 +2,7 @@
 GO  ?= go
 BIN ?= bin
 
-.PHONY: all build demo test lint deps clean
+.PHONY: all build demo test lint deps clean keyserver-alldns test-alldns
 
 all: build
 
@@ -26,6 +26,15 @@ lint:
 
 test: deps lint
 	$(GO) test -race -count=1 -timeout 15m ./...
+
+# The keyserver with every lego DNS provider linked in (its own module:
+# some 180 more modules, several minutes the first time), as
+# $(BIN)/keyserver-alldns; test-alldns runs its test.
+keyserver-alldns:
+	cd cmd/keyserver/alldns && $(GO) build -o $(abspath $(BIN))/keyserver-alldns .
+
+test-alldns:
+	cd cmd/keyserver/alldns && $(GO) vet . && $(GO) test -race -count=1 .
 
 clean:
 	rm -rf $(BIN) demo

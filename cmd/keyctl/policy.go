@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -35,9 +36,9 @@ func cmdPolicyCheck(e *env, args []string) error {
 		err = p.CheckAuthorities(time.Now(), issuerOf(dir))
 	}
 	if err == nil {
-		// DNS providers this build does not link, or whose settings
-		// they refuse.
-		err = acme.CheckPolicy(p)
+		// The settings of the DNS providers keyctl knows; the others
+		// are for the keyserver to judge (keyserver-alldns links all).
+		err = acme.CheckDNSSettings(p)
 	}
 	if err != nil {
 		probs := policy.Problems(file, err)
@@ -48,6 +49,12 @@ func cmdPolicyCheck(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "%s: ok: %d authorities, %d groups, %d grants, %d acme certificates (%s)\n", file,
 		len(p.Authorities()), len(p.Groups()), len(p.GrantNames()), len(p.ACMELabels()), p.Digest())
+	for _, name := range p.ACMEAccounts() {
+		if d := p.ACMEAccount(name).DNS; d != nil && !slices.Contains(acme.DNSProviders(), d.Name) {
+			fmt.Fprintf(e.stderr, "note: acme account %q: dns provider %q is not linked into the keyserver (linked: %s), only into keyserver-alldns, which checks its settings when it loads the policy\n",
+				name, d.Name, strings.Join(acme.DNSProviders(), ", "))
+		}
+	}
 	if dir == "" && len(p.Authorities()) > 0 {
 		fmt.Fprintf(e.stderr, "note: the authorities were not checked (no %s/ next to %s; give --authorities DIR)\n", keyserver.AuthoritiesDir, file)
 	}

@@ -35,26 +35,18 @@ import (
 	"github.com/keysystem/keysystem/policy"
 )
 
-// dnsProviderFactory makes a lego DNS provider from an account's settings
-// (policy.DNSProvider.Env).
-type dnsProviderFactory struct {
-	new func(env map[string]string) (challenge.Provider, error)
-	// own: made here from the settings alone, without the process
-	// environment or the network, so CheckPolicy can make one to check
-	// the settings.
-	own bool
-}
-
 // dnsProviders are the lego DNS providers linked in, by the names lego
-// gives them: the few that need nothing beyond lego's core. Linking all
-// of lego's (providers/dns) would put some 180 more modules into every
-// build and download, for providers each site needs one of; adding one
-// here is a line and its constructor.
-var dnsProviders = map[string]dnsProviderFactory{
-	"rfc2136":   {newRFC2136, true},
-	"dnsupdate": {newRFC2136, true}, // lego's other name for it
-	"httpreq":   {newHTTPReq, true},
-	"exec":      {newExec, true},
+// gives them, each made from an account's settings alone
+// (policy.DNSProvider.Env), never the process environment: the few that
+// need nothing beyond lego's core. Linking all of lego's (providers/dns)
+// would put some 180 more modules into every build and download, for
+// providers each site needs one of; cmd/keyserver/alldns is the keyserver
+// with all of them (SetDNSProvidersByName).
+var dnsProviders = map[string]func(env map[string]string) (challenge.Provider, error){
+	"rfc2136":   newRFC2136,
+	"dnsupdate": newRFC2136, // lego's other name for it
+	"httpreq":   newHTTPReq,
+	"exec":      newExec,
 }
 
 // DNSProviders returns the names of the lego DNS providers this
@@ -63,26 +55,39 @@ func DNSProviders() []string {
 	return slices.Sorted(maps.Keys(dnsProviders))
 }
 
+// byName makes the providers not linked here, in a keyserver built with
+// more of them (SetDNSProvidersByName); nil in the default build.
+var byName func(name string, env map[string]string) (challenge.Provider, error)
+
+// SetDNSProvidersByName lets the policy's accounts name any DNS provider
+// build knows, besides the ones linked here: cmd/keyserver/alldns passes
+// LegoByName(dns.NewDNSChallengeProviderByName), which links all of
+// lego's. Call it once, before the keyserver starts.
+func SetDNSProvidersByName(build func(name string, env map[string]string) (challenge.Provider, error)) {
+	byName = build
+}
+
 // CheckPolicy reports, at each account's line, every account whose DNS
 // provider this keyserver does not link, or whose settings the provider
-// refuses (for the providers made here, which can be checked without
-// side effects). It returns policy.Errors, or nil.
-func CheckPolicy(p *policy.Policy) error {
+// refuses: each is made once, which checks its settings and nothing
+// else (no provider asks the network when it is made). It returns
+// policy.Errors, or nil.
+func CheckPolicy(p *policy.Policy) error { return checkPolicy(p, true) }
+
+// CheckDNSSettings is CheckPolicy for a program that is not the
+// keyserver (keyctl policy check): a provider this build does not link
+// may be linked into the keyserver that loads the policy
+// (keyserver-alldns), so it is left for that one to judge.
+func CheckDNSSettings(p *policy.Policy) error { return checkPolicy(p, false) }
+
+func checkPolicy(p *policy.Policy, unlinked bool) error {
 	var probs policy.Errors
 	for _, name := range p.ACMEAccounts() {
 		a := p.ACMEAccount(name)
-		if a.DNS == nil {
+		if a.DNS == nil || !unlinked && !linked(a.DNS.Name) {
 			continue
 		}
-		f, ok := dnsProviders[a.DNS.Name]
-		var err error
-		switch {
-		case !ok:
-			err = notLinked(a.DNS.Name)
-		case f.own:
-			_, err = f.new(a.DNS.Env)
-		}
-		if err != nil {
+		if _, err := newDNSProvider(a.DNS); err != nil {
 			probs = append(probs, policy.Problem{File: p.File(), Line: a.Line, Msg: fmt.Sprintf("acme account %q: %v", name, err)})
 		}
 	}
@@ -92,6 +97,12 @@ func CheckPolicy(p *policy.Policy) error {
 	return nil
 }
 
+// linked reports whether this build makes the provider name.
+func linked(name string) bool {
+	_, ok := dnsProviders[name]
+	return ok || byName != nil
+}
+
 func notLinked(name string) error {
 	return fmt.Errorf("dns provider %q is not linked into this keyserver (linked: %s)", name, strings.Join(DNSProviders(), ", "))
 }
@@ -99,10 +110,13 @@ func notLinked(name string) error {
 // newDNSProvider makes the account's lego DNS provider.
 func newDNSProvider(d *policy.DNSProvider) (challenge.Provider, error) {
 	f, ok := dnsProviders[d.Name]
-	if !ok {
-		return nil, notLinked(d.Name)
+	switch {
+	case ok:
+		return f(d.Env)
+	case byName != nil:
+		return byName(d.Name, d.Env)
 	}
-	return f.new(d.Env)
+	return nil, notLinked(d.Name)
 }
 
 // dns01 returns what sets a lego client up to answer the label's dns-01
