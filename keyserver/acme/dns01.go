@@ -104,7 +104,7 @@ func linked(name string) bool {
 }
 
 func notLinked(name string) error {
-	return fmt.Errorf("dns provider %q is not linked into this keyserver (linked: %s)", name, strings.Join(DNSProviders(), ", "))
+	return fmt.Errorf("dns provider %q is not linked into this keyserver (linked: %s; keyserver-alldns links every lego DNS provider)", name, strings.Join(DNSProviders(), ", "))
 }
 
 // newDNSProvider makes the account's lego DNS provider.

@@ -464,7 +464,7 @@ func TestDNSProviders(t *testing.T) {
 	}
 	pol := parsePolicy(t, "https://127.0.0.1:1/directory", nil, "      dns:\n        provider: cloudflare\n", "    web:\n      sni: [www.example.test]\n      to: {all: true}\n")
 	want := `policy.yaml:4: acme account "pebble": dns provider "cloudflare" is not linked into this keyserver (linked: ` +
-		strings.Join(got, ", ") + ")"
+		strings.Join(got, ", ") + "; keyserver-alldns links every lego DNS provider)"
 	if err := acme.CheckPolicy(pol); err == nil || err.Error() != want {
 		t.Errorf("CheckPolicy = %v, want %s", err, want)
 	}
