@@ -303,7 +303,8 @@ func TestACMEItemNeverWritesAKeyThatIsNotItsCertificates(t *testing.T) {
 		{"key not PEM", "", full1, []byte("secret"), "unusable key"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			it := acmeItem(filepath.Join(t.TempDir(), "reloads"))
+			reloads := filepath.Join(t.TempDir(), "reloads")
+			it := acmeItem(reloads)
 			it.KeyType = tc.family
 			r := newRig(t, []Item{it}, false)
 			r.ks.setACME("www", tc.family, 1, tc.fullchain, tc.key)
@@ -314,7 +315,13 @@ func TestACMEItemNeverWritesAKeyThatIsNotItsCertificates(t *testing.T) {
 			if n := r.ks.count("acme www key.pem"); n != 1 {
 				t.Errorf("%d key fetches, want 1", n)
 			}
-			for _, f := range []string{"www.key", "www.crt", "www-chain.crt", "www-full.crt", "reloads"} {
+			if strings.Contains(res.Err.Error(), "secret") {
+				t.Errorf("the error quotes the key's content: %v", res.Err)
+			}
+			if _, err := os.Stat(reloads); !errors.Is(err, os.ErrNotExist) {
+				t.Error("the reload command ran")
+			}
+			for _, f := range []string{"www.key", "www.crt", "www-chain.crt", "www-full.crt"} {
 				if _, err := os.Stat(r.path(f)); !errors.Is(err, os.ErrNotExist) {
 					t.Errorf("%s written", f)
 				}

@@ -301,7 +301,7 @@ func (l dnsLookup) recursive(ctx context.Context, name string, qtype uint16) (*d
 		}
 		errs = append(errs, err)
 	}
-	return nil, joinErrors(errs)
+	return nil, errors.Join(errs...)
 }
 
 // follow returns where name's CNAMEs lead, or name itself.
@@ -426,23 +426,7 @@ func (l dnsLookup) servedBy(ctx context.Context, ns nameserver, name, value stri
 		}
 		return fmt.Errorf("%s (%s) does not serve the value yet (%d other TXT values there)", ns.host, addr, len(values))
 	}
-	return fmt.Errorf("%s: no address answered: %w", ns.host, joinErrors(errs))
-}
-
-// joinErrors is errors.Join on one line, as it may end up in a label's
-// status.
-func joinErrors(errs []error) error { return errList(errs) }
-
-type errList []error
-
-func (e errList) Unwrap() []error { return e }
-
-func (e errList) Error() string {
-	msgs := make([]string, len(e))
-	for i, err := range e {
-		msgs[i] = err.Error()
-	}
-	return strings.Join(msgs, "; ")
+	return fmt.Errorf("%s: no address answered: %w", ns.host, errors.Join(errs...))
 }
 
 // The providers made here, from the account's settings alone.
@@ -630,6 +614,17 @@ func newRFC2136(env map[string]string) (challenge.Provider, error) {
 	p, err := rfc2136.NewDNSProviderConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("dns provider rfc2136: %w", err)
+	}
+	// lego has read the TSIG file into cfg: one without a usable key and
+	// secret would, again, silently mean unsigned updates.
+	if cfg.TSIGFile != "" {
+		_, fileName := e.get("TSIG_FILE")
+		if cfg.TSIGKey == "" || cfg.TSIGSecret == "" {
+			return nil, fmt.Errorf("dns provider rfc2136: %s %s holds no usable key name and secret", fileName, cfg.TSIGFile)
+		}
+		if _, err := base64.StdEncoding.DecodeString(cfg.TSIGSecret); err != nil {
+			return nil, fmt.Errorf("dns provider rfc2136: %s %s: its secret is not base64", fileName, cfg.TSIGFile)
+		}
 	}
 	return p, nil
 }

@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -377,6 +379,14 @@ func TestDNS01Refused(t *testing.T) {
 func TestDNSProviderSettings(t *testing.T) {
 	t.Parallel()
 	const secret = "c2VjcmV0"
+	dir := t.TempDir()
+	emptyTSIG, goodTSIG := filepath.Join(dir, "empty.key"), filepath.Join(dir, "good.key")
+	if err := os.WriteFile(emptyTSIG, []byte("# the key went elsewhere\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(goodTSIG, []byte("key \"keysystem.\" {\n  algorithm hmac-sha256;\n  secret \""+secret+"\";\n};\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		provider string
 		env      map[string]string
@@ -402,6 +412,10 @@ func TestDNSProviderSettings(t *testing.T) {
 			[]string{"RFC2136_TSIG_SECRET is not base64"}},
 		{"rfc2136", map[string]string{"RFC2136_NAMESERVER": "ns1.example.org", "RFC2136_TSIG_KEY": "key.", "RFC2136_TSIG_SECRET": secret, "RFC2136_TSIG_ALGORITHM": "hmac-md5"},
 			[]string{`RFC2136_TSIG_ALGORITHM "hmac-md5": want one of hmac-sha1.`}},
+		{"rfc2136", map[string]string{"RFC2136_NAMESERVER": "ns1.example.org", "RFC2136_TSIG_FILE": goodTSIG}, nil},
+		// A TSIG file without a key would mean unsigned updates.
+		{"rfc2136", map[string]string{"RFC2136_NAMESERVER": "ns1.example.org", "RFC2136_TSIG_FILE": emptyTSIG},
+			[]string{"RFC2136_TSIG_FILE " + emptyTSIG + " holds no usable key name and secret"}},
 		{"rfc2136", map[string]string{"RFC2136_NAMESERVER": "ns1.example.org", "RFC2136_ZONES": "example.org,,"},
 			[]string{`RFC2136_ZONES: "" is not a zone name`}},
 		{"rfc2136", map[string]string{"RFC2136_NAMESERVER": "ns1.example.org", "DNSUPDATE_NAMESERVER": "ns2.example.org"},

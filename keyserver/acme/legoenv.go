@@ -1,7 +1,10 @@
 package acme
 
 import (
+	"errors"
+	"fmt"
 	"os"
+	"strings"
 	"sync"
 
 	"github.com/go-acme/lego/v4/challenge"
@@ -21,6 +24,13 @@ var envMu sync.Mutex
 // does not set is taken from the keyserver's own environment, if there.
 func LegoByName(newByName func(name string) (challenge.Provider, error)) func(name string, env map[string]string) (challenge.Provider, error) {
 	return func(name string, env map[string]string) (challenge.Provider, error) {
+		for k := range env {
+			// lego's own switches (LEGO_DISABLE_CNAME_SUPPORT and the
+			// like) are the keyserver's, for every account at once.
+			if strings.HasPrefix(k, "LEGO_") {
+				return nil, fmt.Errorf("dns provider %s: %s is lego's own setting, not a provider's", name, k)
+			}
+		}
 		envMu.Lock()
 		defer envMu.Unlock()
 		type saved struct {
@@ -42,6 +52,26 @@ func LegoByName(newByName func(name string) (challenge.Provider, error)) func(na
 				}
 			}
 		}()
-		return newByName(name)
+		p, err := newByName(name)
+		if err != nil {
+			return nil, redact(err, env)
+		}
+		return p, nil
 	}
+}
+
+// redact takes the account's setting values out of a provider's error,
+// which goes into logs and the label's status: nothing promises that a
+// provider never quotes one (a token, a password).
+func redact(err error, env map[string]string) error {
+	msg := err.Error()
+	for k, v := range env {
+		if len(v) >= 4 {
+			msg = strings.ReplaceAll(msg, v, "<"+k+">")
+		}
+	}
+	if msg == err.Error() {
+		return err
+	}
+	return errors.New(msg)
 }

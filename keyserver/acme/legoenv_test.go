@@ -23,6 +23,7 @@ func (envProvider) CleanUp(string, string, string) error { return nil }
 // link itself, and CheckPolicy reports the constructor's refusals.
 func TestLegoByName(t *testing.T) {
 	t.Setenv("EXAMPLEDNS_KEEP", "the keyserver's")
+	t.Setenv("EXAMPLEDNS_TOKEN", "") // restored after the test
 	os.Unsetenv("EXAMPLEDNS_TOKEN")
 	byName := acme.LegoByName(func(name string) (challenge.Provider, error) {
 		if name != "exampledns" {
@@ -31,6 +32,9 @@ func TestLegoByName(t *testing.T) {
 		tok := os.Getenv("EXAMPLEDNS_TOKEN")
 		if tok == "" {
 			return nil, errors.New("exampledns: some credentials information are missing: EXAMPLEDNS_TOKEN")
+		}
+		if tok == "wr0ng-t0ken" {
+			return nil, errors.New("exampledns: token " + tok + " refused") // a provider quoting a secret
 		}
 		return envProvider{tok}, nil
 	})
@@ -45,10 +49,12 @@ func TestLegoByName(t *testing.T) {
 	acme.SetDNSProvidersByName(byName)
 	defer acme.SetDNSProvidersByName(nil)
 	for src, want := range map[string]string{
-		"dns: {provider: exampledns, env: {EXAMPLEDNS_TOKEN: x}}": "",
-		"dns: {provider: exampledns}":                             `policy.yaml:4: acme account "ca": exampledns: some credentials information are missing: EXAMPLEDNS_TOKEN`,
-		"dns: {provider: nosuch}":                                 `policy.yaml:4: acme account "ca": unrecognized DNS provider: nosuch`,
-		"dns: {provider: rfc2136}":                                `RFC2136_NAMESERVER`,
+		"dns: {provider: exampledns, env: {EXAMPLEDNS_TOKEN: x}}":                        "",
+		"dns: {provider: exampledns}":                                                    `policy.yaml:4: acme account "ca": exampledns: some credentials information are missing: EXAMPLEDNS_TOKEN`,
+		"dns: {provider: nosuch}":                                                        `policy.yaml:4: acme account "ca": unrecognized DNS provider: nosuch`,
+		"dns: {provider: rfc2136}":                                                       `RFC2136_NAMESERVER`,
+		"dns: {provider: exampledns, env: {EXAMPLEDNS_TOKEN: wr0ng-t0ken}}":              `exampledns: token <EXAMPLEDNS_TOKEN> refused`,
+		"dns: {provider: exampledns, env: {EXAMPLEDNS_TOKEN: x, LEGO_DISABLE_CP: true}}": `LEGO_DISABLE_CP is lego's own setting`,
 	} {
 		pol, err := policy.Parse("policy.yaml", []byte("groups: {}\nacme:\n  accounts:\n    ca:\n      directory: letsencrypt\n      "+src+"\n  certificates:\n    w: {sni: [\"*.example.org\"], challenge: dns-01, to: {all: true}}\n"), nil)
 		if err != nil {
@@ -57,6 +63,9 @@ func TestLegoByName(t *testing.T) {
 		err = acme.CheckPolicy(pol)
 		if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {
 			t.Errorf("%s: CheckPolicy = %v, want %q", src, err, want)
+		}
+		if err != nil && strings.Contains(err.Error(), "wr0ng-t0ken") {
+			t.Errorf("%s: the error quotes the account's secret: %v", src, err)
 		}
 	}
 }

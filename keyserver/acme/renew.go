@@ -361,7 +361,8 @@ func (m *Manager) renew(ctx context.Context, lc *policy.ACMECert, by string) (bo
 		if err != nil {
 			s.Failures++
 			s.NotBefore = m.cfg.Now().Add(m.backoff(s.Failures, err))
-			s.LastError = err.Error()
+			// One line: lego lists a problem per name on lines of its own.
+			s.LastError = strings.Join(strings.Fields(err.Error()), " ")
 			return true, nil
 		}
 		var verr error

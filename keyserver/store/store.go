@@ -103,10 +103,14 @@ type Updater interface {
 	Txn(ctx context.Context, conds []Cond, ops []Op) error
 }
 
+// ErrDelete, returned by an Update function, removes the key.
+var ErrDelete = errors.New("store: delete the key")
+
 // Update is a read-modify-write of one key with optimistic concurrency:
-// fn sees the current value (nil when absent) and returns the new one, or
-// nil to leave it as it is; when the key changed meanwhile, fn runs again
-// on the new value. An error from fn is returned as it is.
+// fn sees the current value (nil when absent) and returns the new one,
+// nil to leave it as it is, or ErrDelete to remove the key; when the key
+// changed meanwhile, fn runs again on the new value. Any other error
+// from fn is returned as it is.
 func Update(ctx context.Context, s Updater, key string, fn func(old []byte) ([]byte, error)) error {
 	for {
 		raw, err := s.Get(ctx, key)
@@ -117,10 +121,16 @@ func Update(ctx context.Context, s Updater, key string, fn func(old []byte) ([]b
 			return err
 		}
 		next, err := fn(raw)
-		if err != nil || next == nil {
+		op := Op{Key: key, Value: next}
+		switch {
+		case errors.Is(err, ErrDelete) && raw != nil:
+			op = Op{Key: key, Delete: true}
+		case err != nil && !errors.Is(err, ErrDelete):
 			return err
+		case next == nil:
+			return nil
 		}
-		if err := s.Txn(ctx, []Cond{cond}, []Op{{Key: key, Value: next}}); !errors.Is(err, ErrConflict) {
+		if err := s.Txn(ctx, []Cond{cond}, []Op{op}); !errors.Is(err, ErrConflict) {
 			return err
 		}
 	}

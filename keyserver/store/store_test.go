@@ -141,4 +141,21 @@ func TestUpdate(t *testing.T) {
 	if err := store.Update(ctx, s, "k", func([]byte) ([]byte, error) { return nil, boom }); err != boom {
 		t.Errorf("fn's error came back as %v", err)
 	}
+	// ErrDelete removes the key, on the value as it is when written.
+	seen = nil
+	err = store.Update(ctx, s, "k", func(old []byte) ([]byte, error) {
+		seen = append(seen, string(old))
+		if len(seen) == 1 {
+			if err := store.Put(ctx, s, "k", []byte("changed")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return nil, store.ErrDelete
+	})
+	if _, gerr := s.Get(ctx, "k"); err != nil || !errors.Is(gerr, store.ErrNotFound) || len(seen) != 2 || seen[1] != "changed" {
+		t.Errorf("Update with ErrDelete = %v, fn saw %q, then Get = %v; want it deleted after a second look", err, seen, gerr)
+	}
+	if err := store.Update(ctx, s, "k", func([]byte) ([]byte, error) { return nil, store.ErrDelete }); err != nil {
+		t.Errorf("ErrDelete of an absent key = %v, want nil", err)
+	}
 }

@@ -1,14 +1,17 @@
-// Package dnstest runs real DNS servers for tests: knotd as the
+// Package dnstest runs real servers for the ACME tests: knotd as the
 // authoritative server that ACME dns-01 answers are written to over
-// RFC 2136 (signed with TSIG), and unbound as the recursive resolver an
-// ACME server asks, following CNAMEs into delegated challenge zones.
+// RFC 2136 (signed with TSIG), unbound as the recursive resolver an ACME
+// server asks, following CNAMEs into delegated challenge zones, and nginx
+// and haproxy as the front ends that pass http-01 challenges on to the
+// keyservers (frontend.go, in the configurations docs/acme.md ships).
 //
-// Both listen on loopback only, keep their files in the test's temporary
-// directory and stop when the test ends. Neither may ever reach the
+// All listen on loopback only, keep their files in the test's temporary
+// directory and stop when the test ends. None may ever reach the
 // internet: unbound knows only the stub zones it is given and refuses
 // every other name. The daemons come from the system (Debian packages
-// knot and unbound, installed by scripts/deps.sh); a test that needs one
-// that is missing is skipped, or fails when CI=true.
+// knot, unbound, nginx-light and haproxy, installed by scripts/deps.sh);
+// a test that needs one that is missing is skipped, or fails when
+// CI=true.
 package dnstest
 
 import (

@@ -85,46 +85,28 @@ func Add(ctx context.Context, st Store, name, value string, now time.Time) error
 // Remove removes value from the TXT values at name, and the store key
 // with the last one. Removing a value that is not there is not an error.
 func Remove(ctx context.Context, st Store, name, value string) error {
-	if err := remove(ctx, st, key(name), value); err != nil {
-		return fmt.Errorf("zone: remove a TXT value at %s: %w", name, err)
-	}
-	return nil
-}
-
-// remove is store.Update's loop, which cannot delete a key, with a Delete
-// for the last value.
-func remove(ctx context.Context, st Store, k, value string) error {
-	for {
-		raw, err := st.Get(ctx, k)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil
-		} else if err != nil {
-			return err
+	err := store.Update(ctx, st, key(name), func(raw []byte) ([]byte, error) {
+		if raw == nil {
+			return nil, nil
 		}
 		entries, err := decode(raw)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		n := len(entries)
 		entries = slices.DeleteFunc(entries, func(e entry) bool { return e.Value == value })
-		if len(entries) == n {
-			return nil
+		switch {
+		case len(entries) == n:
+			return nil, nil
+		case len(entries) == 0:
+			return nil, store.ErrDelete
 		}
-		op := store.Op{Key: k, Delete: true}
-		if len(entries) > 0 {
-			if op.Value, err = json.Marshal(entries); err != nil {
-				return err
-			}
-			op.Delete = false
-		}
-		switch err := st.Txn(ctx, []store.Cond{{Key: k, Value: raw}}, []store.Op{op}); {
-		case err == nil:
-			return nil
-		case !errors.Is(err, store.ErrConflict):
-			return err
-		}
-		// The values changed since the read: remove from the new ones.
+		return json.Marshal(entries)
+	})
+	if err != nil {
+		return fmt.Errorf("zone: remove a TXT value at %s: %w", name, err)
 	}
+	return nil
 }
 
 // Values returns the TXT values at name, oldest first; none when there
