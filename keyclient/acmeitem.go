@@ -154,6 +154,12 @@ func (c *Client) refreshACME(ctx context.Context, it *item, now time.Time, force
 		return ActionNone, nil
 	}
 	prev := it.acme
+	if prev != nil && prev.etag == h.etag {
+		// The version held (a forced refresh asks without If-None-Match):
+		// its files were checked at the start of the pass.
+		it.nextRefresh = now.Add(it.jittered(it.acmeRefresh()))
+		return ActionNone, nil
+	}
 	fresh := prev == nil && noneExist(it.spec.files())
 	if err := c.saveACMECopy(it, h); err != nil {
 		return ActionFailed, err
